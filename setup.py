@@ -1,0 +1,48 @@
+"""vicuna_jax: Vicuna-style chat fine-tuning of LLaMA in JAX/Flax NNX.
+
+Lower bounds are the versions this project was tested with (2026-11, Python 3.11, CPU).
+"""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "numpy>=2.0",
+    "sentencepiece>=0.2.0",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "safetensors>=0.4",
+    "tqdm>=4.66",
+    # data pipeline
+    "tensorflow-datasets>=4.9.10",
+    "array-record>=0.8.1",
+    "grain>=0.2.18",
+    "markdownify>=1.2",
+    "beautifulsoup4>=4.12",
+    # evaluation
+    "openai>=1.50",
+    "matplotlib>=3.8",
+    # metrics
+    "tensorboardX>=2.6",
+]
+
+EXTRAS = {
+    # Parity tests against Hugging Face. torch 2.13.0 resolves to the CPU wheel on the project machines.
+    "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=5.0"],
+    "gpu": ["jax[cuda13]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
+}
+
+setup(
+    name="vicuna_jax",
+    version="0.1.0",
+    description="Vicuna chatbot training (LLaMA + ShareGPT) in JAX/Flax NNX",
+    packages=find_packages(include=["vicuna_jax", "vicuna_jax.*"]),
+    package_data={"vicuna_jax": ["assets/*", "eval/prompts/*", "serve_static/*"]},
+    python_requires=">=3.11",
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+)
