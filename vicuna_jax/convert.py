@@ -1,0 +1,442 @@
+"""Hugging Face interop: LlamaForCausalLM directories <-> vicuna_jax parameters and checkpoints.
+
+    python -m vicuna_jax.convert --from_hf=DIR --to_checkpoint=DIR [--dtype=auto]
+    python -m vicuna_jax.convert --from_checkpoint=DIR --to_hf=DIR [--dtype=bfloat16] [--tokenizer=PATH]
+
+Import reads `config.json` and `model*.safetensors` (sharded with an index, or one file) with safetensors'
+numpy reader, tensor by tensor into preallocated stacked arrays, so peak host memory stays near one copy of
+the weights; no torch needed. `pytorch_model*.bin` is read with `torch.load(weights_only=True)` when torch
+is installed. Export writes sharded safetensors + index, config.json, generation_config.json and, with a
+tokenizer, tokenizer.model + tokenizer_config.json whose chat_template renders the vicuna_v1.1 prompt.
+Outputs are written to a temporary directory and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from vicuna_jax.config import ConfigError, LlamaConfig
+from vicuna_jax.fileio import replace_dir
+
+# Our parameter path -> (HF name with {i} for the layer, transpose?). Layer entries are stacked on axis 0.
+_LAYER_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
+    ("input_layernorm", "scale"): ("model.layers.{i}.input_layernorm.weight", False),
+    ("post_attention_layernorm", "scale"): ("model.layers.{i}.post_attention_layernorm.weight", False),
+    ("self_attn", "q_proj", "kernel"): ("model.layers.{i}.self_attn.q_proj.weight", True),
+    ("self_attn", "k_proj", "kernel"): ("model.layers.{i}.self_attn.k_proj.weight", True),
+    ("self_attn", "v_proj", "kernel"): ("model.layers.{i}.self_attn.v_proj.weight", True),
+    ("self_attn", "o_proj", "kernel"): ("model.layers.{i}.self_attn.o_proj.weight", True),
+    ("mlp", "gate_proj", "kernel"): ("model.layers.{i}.mlp.gate_proj.weight", True),
+    ("mlp", "up_proj", "kernel"): ("model.layers.{i}.mlp.up_proj.weight", True),
+    ("mlp", "down_proj", "kernel"): ("model.layers.{i}.mlp.down_proj.weight", True),
+}
+_TOP_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
+    ("embed_tokens",): ("model.embed_tokens.weight", False),
+    ("norm", "scale"): ("model.norm.weight", False),
+    ("lm_head", "kernel"): ("lm_head.weight", True),
+}
+# Buffers some older checkpoints carry that are recomputed, not learned.
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+class ConvertError(ValueError):
+    """Bad or inconsistent Hugging Face input or output; the message names the file and key."""
+
+
+def _param_shapes(cfg: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Per-tensor HF shapes ([out, in] for linear weights) keyed by our path."""
+    e, f, v, hd = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.dim_per_head
+    shapes = {
+        ("input_layernorm", "scale"): (e,),
+        ("post_attention_layernorm", "scale"): (e,),
+        ("self_attn", "q_proj", "kernel"): (cfg.num_heads * hd, e),
+        ("self_attn", "k_proj", "kernel"): (cfg.num_kv_heads * hd, e),
+        ("self_attn", "v_proj", "kernel"): (cfg.num_kv_heads * hd, e),
+        ("self_attn", "o_proj", "kernel"): (e, cfg.num_heads * hd),
+        ("mlp", "gate_proj", "kernel"): (f, e),
+        ("mlp", "up_proj", "kernel"): (f, e),
+        ("mlp", "down_proj", "kernel"): (e, f),
+        ("embed_tokens",): (v, e),
+        ("norm", "scale"): (e,),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes[("lm_head", "kernel")] = (v, e)
+    return shapes
+
+
+def hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
+    """HF tensor name -> (our path, layer index or None, transpose)."""
+    out: dict[str, tuple[tuple[str, ...], int | None, bool]] = {}
+    for path, (name, transpose) in _TOP_MAP.items():
+        if path == ("lm_head", "kernel") and cfg.tie_word_embeddings:
+            continue
+        out[name] = (path, None, transpose)
+    for path, (name, transpose) in _LAYER_MAP.items():
+        for i in range(cfg.num_layers):
+            out[name.format(i=i)] = (path, i, transpose)
+    return out
+
+
+# ---------------------------------------------------------------- reading HF weights
+
+
+def _safetensors_files(hf_dir: str) -> list[str] | None:
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ConvertError(f"{index}: not a valid safetensors index ({e})") from None
+        files = sorted(set(weight_map.values()))
+        for name in files:
+            if not os.path.isfile(os.path.join(hf_dir, name)):
+                keys = [k for k, v in weight_map.items() if v == name]
+                raise ConvertError(f"missing shard {os.path.join(hf_dir, name)} (listed in {index} for "
+                                   f"{len(keys)} tensors, e.g. {keys[0]!r})")
+        return [os.path.join(hf_dir, n) for n in files]
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    shards = sorted(glob.glob(os.path.join(hf_dir, "model-*.safetensors")))
+    if shards:
+        raise ConvertError(f"{hf_dir} has sharded safetensors files but no model.safetensors.index.json")
+    return None
+
+
+def _iter_safetensors(files: list[str]) -> Iterator[tuple[str, str, np.ndarray]]:
+    from safetensors import safe_open
+
+    for path in files:
+        try:
+            handle = safe_open(path, framework="numpy")
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise ConvertError(f"cannot read {path}: {e} (truncated or corrupt shard?)") from None
+        with handle as f:
+            for key in f.keys():
+                try:
+                    tensor = f.get_tensor(key)
+                except Exception as e:
+                    raise ConvertError(f"cannot read tensor {key!r} from {path}: {e}") from None
+                yield path, key, tensor
+
+
+def _iter_torch_bin(hf_dir: str) -> Iterator[tuple[str, str, np.ndarray]]:
+    files = sorted(glob.glob(os.path.join(hf_dir, "pytorch_model*.bin")))
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError(f"{hf_dir} has only pytorch_model*.bin weights; reading them needs torch "
+                           "(pip install torch), or convert them to safetensors first") from None
+    for path in files:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ConvertError(f"cannot read {path}: {e}") from None
+        for key in list(state):
+            t = state.pop(key)
+            if t.dtype == torch.bfloat16:
+                arr = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            else:
+                arr = t.numpy()
+            yield path, key, arr
+        del state
+
+
+def iter_hf_tensors(hf_dir: str) -> Iterator[tuple[str, str, np.ndarray]]:
+    """Yields (file, tensor name, array) for every tensor of an HF checkpoint directory."""
+    files = _safetensors_files(hf_dir)
+    if files is not None:
+        yield from _iter_safetensors(files)
+    elif glob.glob(os.path.join(hf_dir, "pytorch_model*.bin")):
+        yield from _iter_torch_bin(hf_dir)
+    else:
+        raise ConvertError(f"{hf_dir}: no model.safetensors, model-*.safetensors (+ index) or "
+                           "pytorch_model*.bin weights found")
+
+
+def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, Any]]:
+    """Reads an HF LLaMA directory into (config, nested numpy params with stacked layers).
+
+    dtype: "auto" keeps each tensor's stored dtype; otherwise one of DTYPES.
+    """
+    hf_dir = os.path.abspath(hf_dir)
+    if not os.path.isdir(hf_dir):
+        raise ConvertError(f"{hf_dir} is not a directory")
+    try:
+        cfg = LlamaConfig.from_hf_config(hf_dir)
+    except ConfigError as e:
+        raise ConvertError(str(e)) from None
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ConvertError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    names = hf_names(cfg)
+    shapes = _param_shapes(cfg)
+    buffers: dict[tuple[str, ...], np.ndarray] = {}
+    seen: set[str] = set()
+    for path, key, tensor in iter_hf_tensors(hf_dir):
+        if key not in names:
+            if key.endswith(_IGNORED_SUFFIXES):
+                continue
+            raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a LlamaForCausalLM with "
+                               f"{cfg.num_layers} layers{', tied embeddings' if cfg.tie_word_embeddings else ''})")
+        if key in seen:
+            raise ConvertError(f"{path}: tensor {key!r} appears twice")
+        our_path, layer, transpose = names[key]
+        want = shapes[our_path]
+        if tuple(tensor.shape) != want:
+            raise ConvertError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, config.json implies "
+                               f"{want}")
+        target_dtype = tensor.dtype if dtype == "auto" else DTYPES[dtype]
+        value = tensor.T if transpose else tensor
+        if our_path not in buffers:
+            stacked_shape = value.shape if layer is None else (cfg.num_layers, *value.shape)
+            buffers[our_path] = np.empty(stacked_shape, dtype=target_dtype)
+        if layer is None:
+            buffers[our_path][...] = value
+        else:
+            buffers[our_path][layer] = value
+        seen.add(key)
+        del tensor, value
+    missing = [k for k in names if k not in seen]
+    if missing:
+        raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
+    return cfg, _nest(buffers)
+
+
+def _nest(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """{("layers"?, a, b): x} -> nested dicts in the model's layout (layer params under "layers")."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        full = path if path in _TOP_MAP else ("layers", *path)
+        node = out
+        for part in full[:-1]:
+            node = node.setdefault(part, {})
+        node[full[-1]] = value
+    return out
+
+
+def _flat_params(params: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+    out = {}
+    for path in _TOP_MAP:
+        node: Any = params
+        try:
+            for part in path:
+                node = node[part]
+        except KeyError:
+            continue
+        out[path] = node
+    for path in _LAYER_MAP:
+        node = params["layers"]
+        for part in path:
+            node = node[part]
+        out[path] = node
+    return out
+
+
+# ---------------------------------------------------------------- writing HF directories
+
+
+def _hf_specs(cfg: LlamaConfig) -> list[tuple[str, tuple[str, ...], int | None, bool, tuple[int, ...]]]:
+    """(HF name, our path, layer, transpose, HF shape) in the order HF writes them."""
+    shapes = _param_shapes(cfg)
+    specs = [(name, path, None, t, shapes[path]) for path, (name, t) in _TOP_MAP.items() if path in shapes]
+    for i in range(cfg.num_layers):
+        specs += [(name.format(i=i), path, i, t, shapes[path]) for path, (name, t) in _LAYER_MAP.items()]
+    return specs
+
+
+def _host_tensor(flat: dict[tuple[str, ...], Any], path: tuple[str, ...], layer: int | None,
+                 transpose: bool, dtype: Any) -> np.ndarray:
+    """One HF tensor on the host; a layer slice is gathered from the devices on its own."""
+    value = flat[path] if layer is None else flat[path][layer]
+    arr = np.asarray(value).astype(dtype)
+    return np.ascontiguousarray(arr.T if transpose else arr)
+
+
+def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: str = "bfloat16",
+            tokenizer: str | None = None, template: str = "vicuna_v1.1", max_shard_bytes: int = 2 * 1024**3,
+            overwrite: bool = False) -> str:
+    """Writes an HF LlamaForCausalLM directory that transformers loads with `from_pretrained`.
+
+    Host memory peaks at about one shard (`max_shard_bytes`), whatever the model size.
+    """
+    from safetensors.numpy import save_file
+
+    if dtype not in DTYPES:
+        raise ConvertError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise ConvertError(f"{out_dir} already exists (use --overwrite to replace it)")
+    if tokenizer is not None and not os.path.exists(tokenizer):
+        raise ConvertError(f"tokenizer {tokenizer} does not exist")
+    np_dtype = DTYPES[dtype]
+    itemsize = np.dtype(np_dtype).itemsize
+    flat = _flat_params(params)
+
+    plan: list[list[tuple]] = [[]]
+    shard_bytes = 0
+    for spec in _hf_specs(cfg):
+        nbytes = int(np.prod(spec[4])) * itemsize
+        if plan[-1] and shard_bytes + nbytes > max_shard_bytes:
+            plan.append([])
+            shard_bytes = 0
+        plan[-1].append(spec)
+        shard_bytes += nbytes
+
+    tmp = out_dir + ".tmp-writing"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        weight_map: dict[str, str] = {}
+        total_size = 0
+        for k, shard in enumerate(plan):
+            fname = f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
+            tensors = {name: _host_tensor(flat, path, layer, t, np_dtype) for name, path, layer, t, _ in shard}
+            save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
+            total_size += sum(a.nbytes for a in tensors.values())
+            weight_map.update({name: fname for name in tensors})
+            del tensors
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))},
+                      f, indent=2)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg.to_hf_config(torch_dtype=dtype), f, indent=2)
+        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+            json.dump(_generation_config(cfg), f, indent=2)
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp, template=template,
+                               model_max_length=cfg.max_position_embeddings)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
+    return {
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+        "max_length": cfg.max_position_embeddings,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 1.0,
+    }
+
+
+def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
+                       model_max_length: int = 2048) -> None:
+    """tokenizer.model + tokenizer_config.json (+ special_tokens_map.json) with our chat template."""
+    from vicuna_jax.data.template import get_template
+
+    source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
+    if not os.path.isfile(source):
+        raise ConvertError(f"no tokenizer.model at {tokenizer}")
+    shutil.copyfile(source, os.path.join(out_dir, "tokenizer.model"))
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "model_max_length": model_max_length,
+        "padding_side": "right",
+        "clean_up_tokenization_spaces": False,
+        "chat_template": get_template(template).hf_chat_template(),
+    }
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f, indent=2)
+
+
+# ---------------------------------------------------------------- whole models and the CLI
+
+
+def is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def load_model(path: str, *, tokenizer: str | None = None, **options: Any):
+    """Loads a model from an HF directory or any vicuna_jax checkpoint directory.
+
+    Returns (model, config, tokenizer_path or None). `options` go to the model (dtype, scan_layers, ...).
+    """
+    from vicuna_jax import checkpoint
+    from vicuna_jax.model.llama import model_from_params
+
+    path = os.path.abspath(os.fspath(path))
+    if is_hf_dir(path):
+        cfg, params = load_hf(path)
+        tok = os.path.join(path, "tokenizer.model")
+        found = tok if os.path.isfile(tok) else None
+    else:
+        cfg, params = checkpoint.load_params(path)
+        found = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))
+    model = model_from_params(cfg, params, **options)
+    return model, cfg, tokenizer or found
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags, logging
+
+    from vicuna_jax import checkpoint
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise flags.Error(f"unexpected arguments: {argv[1:]}")
+    if bool(f.from_hf) == bool(f.from_checkpoint):
+        raise flags.Error("give exactly one of --from_hf or --from_checkpoint")
+    if f.from_hf:
+        if not f.to_checkpoint:
+            raise flags.Error("--from_hf needs --to_checkpoint")
+        cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
+        tok = f.tokenizer or os.path.join(f.from_hf, "tokenizer.model")
+        out = checkpoint.save_model(f.to_checkpoint, params, cfg,
+                                    tokenizer_path=tok if os.path.isfile(tok) else None, overwrite=f.overwrite)
+        logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
+    else:
+        if not f.to_hf:
+            raise flags.Error("--from_checkpoint needs --to_hf")
+        cfg, params = checkpoint.load_params(f.from_checkpoint)
+        tok = f.tokenizer or checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(f.from_checkpoint))
+        out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", tokenizer=tok,
+                      template=f.template, max_shard_bytes=int(f.max_shard_gb * 1024**3), overwrite=f.overwrite)
+        logging.info("wrote Hugging Face directory %s%s", out, "" if tok else " (no tokenizer given)")
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("from_hf", None, "Hugging Face LlamaForCausalLM directory to import.")
+    flags.DEFINE_string("to_checkpoint", None, "Output orbax checkpoint directory (with --from_hf).")
+    flags.DEFINE_string("from_checkpoint", None,
+                        "vicuna_jax checkpoint: a converted model, a step dir, or a training workdir.")
+    flags.DEFINE_string("to_hf", None, "Output Hugging Face directory (with --from_checkpoint).")
+    flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
+                        "float16, float32.")
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model (or a directory with one) to include.")
+    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template written into tokenizer_config.json.")
+    flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
