@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.config import LlamaConfig
 from vicuna_jax.fileio import replace_dir
 
@@ -28,7 +29,7 @@ CONFIG_ITEM = "model_config"
 TOKENIZER_FILE = "tokenizer.model"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory is missing, incomplete or does not match the model."""
 
 

@@ -12,8 +12,10 @@ import json
 import os
 from typing import Any
 
+from vicuna_jax.cli import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config value is missing, unsupported or inconsistent; the message names the key."""
 
 
@@ -198,7 +200,7 @@ def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, str, float]:
                          s.get("rope_type") or s.get("type") or "default", s.get("factor", 1.0)))
     if not readings:
         readings.append(("defaults", 10000.0, "default", 1.0))
-    for _, theta, rope_type, factor in readings:
+    for _, _, rope_type, _ in readings:
         if rope_type not in ("default", "linear"):
             raise ConfigError(f"{source}: unsupported rope scaling type {rope_type!r} "
                               "(supported: none/default, linear)")

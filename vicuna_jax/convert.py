@@ -23,6 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.config import ConfigError, LlamaConfig
 from vicuna_jax.fileio import replace_dir
 
@@ -49,7 +50,7 @@ _IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
 
-class ConvertError(ValueError):
+class ConvertError(UserError):
     """Bad or inconsistent Hugging Face input or output; the message names the file and key."""
 
 
@@ -187,8 +188,9 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
         if key not in names:
             if key.endswith(_IGNORED_SUFFIXES):
                 continue
+            tied = ", tied embeddings" if cfg.tie_word_embeddings else ""
             raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a LlamaForCausalLM with "
-                               f"{cfg.num_layers} layers{', tied embeddings' if cfg.tie_word_embeddings else ''})")
+                               f"{cfg.num_layers} layers{tied})")
         if key in seen:
             raise ConvertError(f"{path}: tensor {key!r} appears twice")
         our_path, layer, transpose = names[key]
@@ -209,7 +211,8 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
         del tensor, value
     missing = [k for k in names if k not in seen]
     if missing:
-        raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
+        raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, "
+                           f"e.g. {missing[:3]}")
     return cfg, _nest(buffers)
 
 
@@ -301,14 +304,15 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         total_size = 0
         for k, shard in enumerate(plan):
             fname = f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
-            tensors = {name: _host_tensor(flat, path, layer, t, np_dtype) for name, path, layer, t, _ in shard}
+            tensors = {name: _host_tensor(flat, path, layer, t, np_dtype)
+                       for name, path, layer, t, _ in shard}
             save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
             total_size += sum(a.nbytes for a in tensors.values())
             weight_map.update({name: fname for name in tensors})
             del tensors
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))},
-                      f, indent=2)
+            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            json.dump(index, f, indent=2)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg.to_hf_config(torch_dtype=dtype), f, indent=2)
         with open(os.path.join(tmp, "generation_config.json"), "w") as f:
@@ -406,16 +410,16 @@ def main(argv: list[str]) -> None:
             raise flags.Error("--from_hf needs --to_checkpoint")
         cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
         tok = f.tokenizer or os.path.join(f.from_hf, "tokenizer.model")
-        out = checkpoint.save_model(f.to_checkpoint, params, cfg,
-                                    tokenizer_path=tok if os.path.isfile(tok) else None, overwrite=f.overwrite)
+        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite,
+                                    tokenizer_path=tok if os.path.isfile(tok) else None)
         logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
     else:
         if not f.to_hf:
             raise flags.Error("--from_checkpoint needs --to_hf")
         cfg, params = checkpoint.load_params(f.from_checkpoint)
         tok = f.tokenizer or checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(f.from_checkpoint))
-        out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", tokenizer=tok,
-                      template=f.template, max_shard_bytes=int(f.max_shard_gb * 1024**3), overwrite=f.overwrite)
+        out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", tokenizer=tok, template=f.template,
+                      max_shard_bytes=int(f.max_shard_gb * 1024**3), overwrite=f.overwrite)
         logging.info("wrote Hugging Face directory %s%s", out, "" if tok else " (no tokenizer given)")
 
 
@@ -436,7 +440,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from vicuna_jax.cli import run
 
-    _define_flags()
-    app.run(main)
+    run(main, _define_flags)

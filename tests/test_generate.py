@@ -1,0 +1,120 @@
+"""KV-cache generation: token-identical to transformers' greedy generate; batching changes nothing."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from hf_models import make_hf_llama, save_hf_llama  # noqa: E402
+
+from vicuna_jax.convert import load_hf  # noqa: E402
+from vicuna_jax.generate import Generator, SamplingParams, sample_tokens  # noqa: E402
+from vicuna_jax.model.llama import model_from_params  # noqa: E402
+
+NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    hf = make_hf_llama("gqa", seed=5)
+    cfg, params = load_hf(save_hf_llama(hf, str(tmp_path_factory.mktemp("gen"))))
+    return hf, cfg, Generator(model_from_params(cfg, params), chunk=8)
+
+
+def _hf_greedy(hf, prompt, n):
+    out = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                      eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def _prompts(cfg):
+    rng = np.random.RandomState(7)
+    return [[1] + rng.randint(3, cfg.vocab_size, n).tolist() for n in (5, 17, 40)]
+
+
+def test_greedy_matches_transformers_generate(models):
+    hf, cfg, gen = models
+    for prompt in _prompts(cfg):
+        # No EOS on either side, so all NEW_TOKENS tokens are compared.
+        ours = Generator(gen_model(gen), eos_token_ids=[-5], chunk=8).generate_ids(
+            [prompt], SamplingParams(max_new_tokens=NEW_TOKENS))[0]
+        theirs = _hf_greedy(hf, prompt, NEW_TOKENS)
+        assert len(ours) == NEW_TOKENS >= 24
+        assert ours == theirs, f"prompt of {len(prompt)} tokens"
+
+
+def gen_model(gen):
+    from flax import nnx
+
+    return nnx.merge(gen.graphdef, gen.state)
+
+
+def test_batched_equals_one_by_one(models):
+    _, cfg, _ = models
+    gen = Generator(gen_model(models[2]), eos_token_ids=[-5], chunk=8)
+    prompts = _prompts(cfg)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    batched = gen.generate_ids(prompts, params)
+    single = [gen.generate_ids([p], params)[0] for p in prompts]
+    assert batched == single
+
+
+def test_eos_stops_each_row_independently(models):
+    _, cfg, gen = models
+    prompts = _prompts(cfg)
+    free = Generator(gen_model(gen), eos_token_ids=[-5], chunk=8).generate_ids(
+        prompts, SamplingParams(max_new_tokens=NEW_TOKENS))
+    # Pretend the 6th token of row 1 is EOS: that row stops there, the others run on.
+    eos = free[1][5]
+    stopped = Generator(gen_model(gen), eos_token_ids=[eos], chunk=8).generate_ids(
+        prompts, SamplingParams(max_new_tokens=NEW_TOKENS))
+    for row, full in zip(stopped, free, strict=True):
+        cut = full.index(eos) if eos in full else len(full)
+        assert row == full[:cut]
+
+
+def test_sampling_is_seeded_and_filters_work(models):
+    _, cfg, gen = models
+    prompt = _prompts(cfg)[1]
+    greedy = gen.generate_ids([prompt], SamplingParams(max_new_tokens=12))[0]
+    hot = SamplingParams(max_new_tokens=12, temperature=1.5, seed=3)
+    a = gen.generate_ids([prompt], hot)[0]
+    b = gen.generate_ids([prompt], hot)[0]
+    c = gen.generate_ids([prompt], SamplingParams(max_new_tokens=12, temperature=1.5, seed=4))[0]
+    assert a == b and a != c
+    top1 = SamplingParams(max_new_tokens=12, temperature=1.5, top_k=1)
+    assert gen.generate_ids([prompt], top1)[0] == greedy
+    assert gen.generate_ids([prompt], SamplingParams(max_new_tokens=12, temperature=1.5,
+                                                     top_p=1e-6))[0] == greedy
+
+
+def test_sample_tokens_respects_top_k_and_top_p():
+    import jax
+    import jax.numpy as jnp
+
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
+    keys = jax.random.split(jax.random.key(0), 1)[0]
+    one = lambda v, dt: jnp.full((4000,), v, dt)
+    t1, p1 = one(1.0, jnp.float32), one(1.0, jnp.float32)
+    k2 = np.asarray(sample_tokens(logits, keys, t1, p1, one(2, jnp.int32)))
+    assert set(k2) == {0, 1}
+    assert abs((k2 == 0).mean() - 0.5 / 0.8) < 0.03
+    p = np.asarray(sample_tokens(logits, keys, t1, one(0.7, jnp.float32), one(0, jnp.int32)))
+    assert set(p) == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
+    full = np.asarray(sample_tokens(logits, keys, one(1.0, jnp.float32), one(1.0, jnp.float32),
+                                    one(0, jnp.int32)))
+    assert set(full) == {0, 1, 2, 3}
+
+
+def test_context_limits(models):
+    _, cfg, gen = models
+    with pytest.raises(ValueError, match="does not fit the model's context"):
+        gen.generate_ids([[1] * cfg.max_position_embeddings], SamplingParams(max_new_tokens=4))
+    # Near the end of the context, generation stops at the context length.
+    prompt = [1] * (cfg.max_position_embeddings - 3)
+    no_eos = Generator(gen_model(gen), eos_token_ids=[-5])
+    out = no_eos.generate_ids([prompt], SamplingParams(max_new_tokens=50))
+    assert len(out[0]) == 3
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=-1)

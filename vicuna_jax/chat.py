@@ -1,0 +1,114 @@
+"""Interactive multi-turn chat in a chat template, streaming tokens as they are generated.
+
+    python -m vicuna_jax.chat --model=DIR [--template=vicuna_v1.1] [--temperature=0.7] [--max_new_tokens=512]
+
+Type a message and press Enter. Commands: `/reset` starts a new conversation, `/exit` (or end of input)
+quits. When the conversation outgrows the model's context, the oldest exchanges are dropped.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from vicuna_jax.generate import Generator, SamplingParams
+
+
+def fit_history(history: list[dict[str, str]], gen: Generator, template: str, system: str | None,
+                reserve: int) -> tuple[list[dict[str, str]], list[int] | None]:
+    """Drops the oldest exchanges until the prompt leaves `reserve` tokens of context for the reply.
+
+    Returns ids None when even the newest message alone does not fit.
+    """
+    from vicuna_jax.data import encode_prompt
+
+    budget = gen.cfg.max_position_embeddings - reserve
+    while True:
+        ids = encode_prompt(history, gen.tokenizer, template=template, system=system)
+        if len(ids) <= budget:
+            return history, ids
+        if len(history) <= 1:
+            return history, None
+        history = history[2:]
+
+
+def chat_loop(gen: Generator, params: SamplingParams, *, template: str = "vicuna_v1.1",
+              system: str | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+              prompt_prefix: str = "USER: ", reply_prefix: str = "ASSISTANT: ") -> list[dict[str, str]]:
+    """Runs the conversation until /exit or end of input; returns the final history."""
+    history: list[dict[str, str]] = []
+    interactive = stdin.isatty()
+    turn = 0
+    while True:
+        if interactive:
+            stdout.write(prompt_prefix)
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        message = line.strip()
+        if not message:
+            continue
+        if message == "/exit":
+            break
+        if message == "/reset":
+            history = []
+            stdout.write("[new conversation]\n")
+            continue
+        history = history + [{"from": "human", "value": message}]
+        reserve = min(params.max_new_tokens, gen.cfg.max_position_embeddings // 2)
+        history, ids = fit_history(history, gen, template, system, reserve)
+        if ids is None:
+            stdout.write(f"[message too long: the model's context is {gen.cfg.max_position_embeddings} "
+                         "tokens]\n")
+            history = []
+            continue
+        stdout.write(reply_prefix)
+        reply = []
+        turn_params = SamplingParams(**{**params.__dict__, "seed": params.seed + turn})
+        for delta in gen.stream_text(ids, turn_params):
+            reply.append(delta)
+            stdout.write(delta)
+            stdout.flush()
+        stdout.write("\n")
+        stdout.flush()
+        history = history + [{"from": "gpt", "value": "".join(reply).strip()}]
+        turn += 1
+    return history
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    from vicuna_jax.data.template import get_template
+    from vicuna_jax.generate import load_generator
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise flags.Error(f"unexpected arguments: {argv[1:]}")
+    gen = load_generator(f.model, f.tokenizer, f.dtype, chunk=1)
+    params = SamplingParams(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
+                            top_k=f.top_k, seed=f.seed,
+                            stop_strings=tuple(get_template(f.template).stop_strings))
+    chat_loop(gen, params, template=f.template, system=f.system)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
+    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template.")
+    flags.DEFINE_string("system", None, "System message (template default when unset).")
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
+    flags.DEFINE_integer("max_new_tokens", 512, "Most tokens per reply.")
+    flags.DEFINE_float("temperature", 0.7, "0 = greedy.")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
+
+
+if __name__ == "__main__":
+    from vicuna_jax.cli import run
+
+    run(main, _define_flags)
