@@ -1,0 +1,198 @@
+"""Raw ShareGPT -> cleaned -> split -> tokenized tfds dataset, in one command (or one call), cached.
+
+    python -m vicuna_jax.data.prepare --input=raw.json --output_dir=DIR --tokenizer=tokenizer.model \
+        [--max_length=2048] [--template=vicuna_v1.1] [--validation_fraction=0.02] [clean flags]
+
+The held-out split is chosen per original conversation (by a seeded hash of its id) before long conversations
+are split, so pieces of one conversation never end up on both sides. `DIR/meta.json` records a key over the
+input bytes, the tokenizer fingerprint and every option; a later call with the same key reuses the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+
+from vicuna_jax.data.clean import CleanConfig, Cleaner, add_clean_flags, config_from_flags
+from vicuna_jax.data.formats import read_records, write_jsonl
+from vicuna_jax.data.split import split_and_encode
+from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
+from vicuna_jax.data.template import get_template
+from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+PIPELINE_VERSION = 1
+TRAIN, VALIDATION = "train", "validation"
+
+
+def bundled_sample_path() -> str:
+    """The raw ShareGPT-format sample shipped with the package (scripts/make_sample_data.py)."""
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package_dir, "assets", "sharegpt_sample.json")
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unit_hash(seed: int, rec_id: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{rec_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def prepare_dataset(
+    input_path: str,
+    output_dir: str,
+    *,
+    tokenizer: str | Tokenizer,
+    max_length: int = 2048,
+    template: str = "vicuna_v1.1",
+    validation_fraction: float = 0.02,
+    seed: int = 0,
+    clean_config: CleanConfig | None = None,
+    long_exchange: str = "truncate",
+    force: bool = False,
+    verbose: bool = True,
+) -> str:
+    """Prepare (or reuse) a dataset; returns `output_dir`, ready for `loader.make_train_iterator`."""
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+    get_template(template)  # fail early on an unknown name
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    clean_config = clean_config or CleanConfig()
+    options = {
+        "pipeline_version": PIPELINE_VERSION,
+        "input_sha256": _file_digest(input_path),
+        "tokenizer_fingerprint": tok.fingerprint,
+        "max_length": max_length,
+        "template": template,
+        "validation_fraction": validation_fraction,
+        "seed": seed,
+        "long_exchange": long_exchange,
+        "clean": dataclasses.asdict(clean_config),
+    }
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+    meta_path = os.path.join(output_dir, META_FILE)
+    if not force and os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            if json.load(f).get("key") == key:
+                if verbose:
+                    print(f"prepare: reusing {output_dir} (inputs unchanged, key {key})", file=sys.stderr)
+                return output_dir
+    _remove_previous(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    t0 = time.time()
+
+    cleaner = Cleaner(clean_config)
+    rejects: list = []
+    cleaned_path = os.path.join(output_dir, "cleaned.jsonl")
+    write_jsonl(cleaned_path, cleaner(read_records(input_path), rejects))
+    write_jsonl(os.path.join(output_dir, "rejects.jsonl"), rejects)
+    with open(cleaned_path, encoding="utf-8") as f:
+        ids = [json.loads(line)["id"] for line in f]
+    held_out = {i for i in ids if _unit_hash(seed, i) < validation_fraction}
+    if validation_fraction > 0 and not held_out and len(ids) > 1:
+        held_out = {min(ids, key=lambda i: _unit_hash(seed, i))}
+
+    split_stats: Counter = Counter()
+    split_counts: dict[str, Counter] = {TRAIN: Counter(), VALIDATION: Counter()}
+
+    def examples(split: str):
+        def gen():
+            with open(cleaned_path, encoding="utf-8") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    if (rec["id"] in held_out) != (split == VALIDATION):
+                        continue
+                    for piece, ids_, mask in split_and_encode(
+                        rec, tok, max_length, template, long_exchange, split_stats if split == TRAIN else None
+                    ):
+                        c = split_counts[split]
+                        c["examples"] += 1
+                        c["tokens"] += len(ids_)
+                        c["target_tokens"] += int(mask.sum())
+                        yield piece["id"], piece, ids_, mask
+
+        return gen
+
+    wanted = [TRAIN] + ([VALIDATION] if held_out else [])
+    if len(held_out) == len(ids):
+        raise ValueError("every record went to the validation split; lower validation_fraction")
+    meta = {
+        "key": key,
+        "options": options,
+        "input": os.path.abspath(input_path),
+        "tokenizer": tok.model_path,
+        "builder": BUILDER_NAME,
+    }
+    write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": key})
+    meta["splits"] = {s: dict(split_counts[s]) for s in wanted}
+    meta["clean_report"] = cleaner.report.as_dict()
+    meta["split_stats"] = dict(split_stats)
+    meta["seconds"] = round(time.time() - t0, 2)
+    tmp = meta_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, meta_path)  # written last: a dataset without meta.json is incomplete
+    if verbose:
+        print(cleaner.report.table(), file=sys.stderr)
+        for s in wanted:
+            c = split_counts[s]
+            print(
+                f"prepare: {s}: {c['examples']} examples, {c['tokens']} tokens, {c['target_tokens']} targets",
+                file=sys.stderr,
+            )
+    return output_dir
+
+
+def _remove_previous(output_dir: str) -> None:
+    """Delete only what an earlier prepare wrote here."""
+    for name in (
+        META_FILE,
+        "cleaned.jsonl",
+        "rejects.jsonl",
+        f"lengths_{TRAIN}.npy",
+        f"lengths_{VALIDATION}.npy",
+    ):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(output_dir, BUILDER_NAME), ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", required=True, help="raw ShareGPT JSON/JSONL (or OpenAI messages JSONL)")
+    ap.add_argument("--output_dir", required=True)
+    ap.add_argument(
+        "--tokenizer", required=True, help="sentencepiece .model or a directory with tokenizer.model"
+    )
+    ap.add_argument("--max_length", type=int, default=2048)
+    ap.add_argument("--template", default="vicuna_v1.1")
+    ap.add_argument("--validation_fraction", type=float, default=0.02)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--long_exchange", choices=("truncate", "drop"), default="truncate")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the cached dataset matches")
+    add_clean_flags(ap)
+    args = ap.parse_args(argv)
+    prepare_dataset(
+        args.input, args.output_dir, tokenizer=args.tokenizer, max_length=args.max_length,
+        template=args.template,
+        validation_fraction=args.validation_fraction, seed=args.seed, clean_config=config_from_flags(args),
+        long_exchange=args.long_exchange, force=args.force,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

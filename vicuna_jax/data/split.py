@@ -1,0 +1,150 @@
+"""Split long conversations at exchange boundaries so every piece fits `max_length` tokens.
+
+    python -m vicuna_jax.data.split --input=clean.jsonl --output=split.jsonl --max_length=2048 \
+        --tokenizer=path/to/tokenizer.model [--template=vicuna_v1.1] [--long_exchange=truncate|drop]
+
+Pieces are named `<id>_<n>` and each keeps the record's system message. Unlike FastChat's splitter, no
+exchange is lost at a split point. An exchange that alone exceeds `max_length` becomes its own piece (its
+tokens are truncated at encode time) or is dropped, by flag; either way it is counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from vicuna_jax.data.encode import encode_conversation
+from vicuna_jax.data.formats import DataFormatError, read_records, write_jsonl
+from vicuna_jax.data.template import ASSISTANT, SYSTEM, USER, Template, get_template, normalize_turns
+from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+Encoded = tuple[dict, np.ndarray, np.ndarray]
+
+
+def _record(rec_id: str, system: str | None, exchanges: list[tuple[str, str]]) -> dict:
+    convo = [{"from": SYSTEM, "value": system}] if system is not None else []
+    for q, a in exchanges:
+        convo += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+    return {"id": rec_id, "conversations": convo}
+
+
+def split_and_encode(
+    record: dict,
+    tokenizer: Tokenizer,
+    max_length: int,
+    template: str | Template = "vicuna_v1.1",
+    long_exchange: str = "truncate",
+    stats: Counter | None = None,
+) -> list[Encoded]:
+    """Pieces of `record` that fit, each with its (input_ids, loss_mask) truncated to `max_length`.
+
+    Greedy: exchanges are added to the current piece while the encoded piece fits. Lengths are estimated by
+    summing per-exchange token counts and every piece is verified by encoding it, so the result is exact.
+    """
+    if long_exchange not in ("truncate", "drop"):
+        raise ValueError(f"long_exchange must be 'truncate' or 'drop', got {long_exchange!r}")
+    stats = stats if stats is not None else Counter()
+    template = get_template(template)
+    system, messages = normalize_turns(record["conversations"])
+    ids, mask = encode_conversation(record["conversations"], tokenizer, template=template)
+    if len(ids) <= max_length:
+        return [(record, ids, mask)]
+    if len(messages) % 2:
+        messages = messages[:-1]  # a trailing user turn carries no target
+    exchanges = [(messages[k][1], messages[k + 1][1]) for k in range(0, len(messages), 2)]
+    assert all(messages[k][0] == USER and messages[k + 1][0] == ASSISTANT for k in range(0, len(messages), 2))
+
+    def encode(exs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+        return encode_conversation(_record("", system, exs)["conversations"], tokenizer, template=template)
+
+    base = len(encode([])[0])
+    eos = np.flatnonzero(ids == tokenizer.eos_id)  # only template-placed EOS ids exist (text is plain text)
+    if len(eos) == len(exchanges) and any(p.special for p in template.assistant_suffix):
+        # Each exchange ends at its EOS: read the costs off the whole encoding instead of re-encoding.
+        ends = np.concatenate([[base - 1], eos])
+        cost = np.diff(ends).tolist()
+    else:
+        cost = [len(encode([ex])[0]) - base for ex in exchanges]
+    pieces: list[list[int]] = []
+    current: list[int] = []
+    used = base
+    for k, c in enumerate(cost):
+        if current and used + c > max_length:
+            pieces.append(current)
+            current, used = [], base
+        current.append(k)
+        used += c
+    if current:
+        pieces.append(current)
+
+    out: list[Encoded] = []
+    queue = list(pieces)
+    while queue:
+        idx = queue.pop(0)
+        exs = [exchanges[k] for k in idx]
+        p_ids, p_mask = encode(exs)
+        if len(p_ids) > max_length and len(idx) > 1:  # the estimate was short: the last exchange goes alone
+            queue[:0] = [idx[:-1], idx[-1:]]
+            stats["estimate_corrected"] += 1
+            continue
+        if len(p_ids) > max_length:
+            stats["long_exchange_" + ("truncated" if long_exchange == "truncate" else "dropped")] += 1
+            if long_exchange == "drop":
+                continue
+        out.append(
+            (_record(f"{record['id']}_{len(out)}", system, exs), p_ids[:max_length], p_mask[:max_length])
+        )
+    stats["split_records"] += 1
+    stats["pieces_from_split"] += len(out)
+    return out
+
+
+def split_records(
+    records: Iterable[dict],
+    tokenizer: Tokenizer,
+    max_length: int,
+    template: str | Template = "vicuna_v1.1",
+    long_exchange: str = "truncate",
+    stats: Counter | None = None,
+) -> Iterator[dict]:
+    """Split a stream of cleaned records (text only; see `split_and_encode` for the ids)."""
+    for rec in records:
+        for piece, _, _ in split_and_encode(rec, tokenizer, max_length, template, long_exchange, stats):
+            yield piece
+
+
+def _valid(raw) -> dict:
+    if raw.error:
+        raise DataFormatError(f"{raw.where}: {raw.error}")
+    return raw.value
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", required=True, help="cleaned JSONL (from vicuna_jax.data.clean)")
+    ap.add_argument("--output", required=True)
+    ap.add_argument(
+        "--tokenizer", required=True, help="sentencepiece .model or a directory with tokenizer.model"
+    )
+    ap.add_argument("--max_length", type=int, default=2048)
+    ap.add_argument("--template", default="vicuna_v1.1")
+    ap.add_argument("--long_exchange", choices=("truncate", "drop"), default="truncate")
+    args = ap.parse_args(argv)
+    tok = load_tokenizer(args.tokenizer)
+    stats: Counter = Counter()
+    records = (_valid(r) for r in read_records(args.input))
+    n = write_jsonl(
+        args.output, split_records(records, tok, args.max_length, args.template, args.long_exchange, stats)
+    )
+    for key, value in sorted(stats.items()):
+        print(f"{key:24s} {value:8d}")
+    print(f"wrote {n} records to {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
