@@ -158,3 +158,66 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def to_numpy_tree(params: Any) -> Any:
     return jax.tree.map(np.asarray, params)
+
+
+# ---------------------------------------------------------------- training checkpoints
+
+OPT_ITEM = "opt_state"
+TRAIN_ITEM = "train_state"  # step and RNG, as arrays
+DATA_ITEM = "data_state"  # the loader's JSON position
+
+
+class TrainCheckpoints:
+    """orbax CheckpointManager over `workdir/checkpoints/<step>/`, saving asynchronously.
+
+    A step directory appears under its final name only once every item is written (orbax writes to a
+    temporary directory and renames it), so a kill at any moment leaves the previous step as the latest
+    complete one; temporary leftovers are cleaned up on the next start.
+    """
+
+    def __init__(self, directory: str, keep: int, async_save: bool = True):
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                               enable_async_checkpointing=async_save)
+        handlers = {
+            PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+            OPT_ITEM: ocp.StandardCheckpointHandler(),
+            TRAIN_ITEM: ocp.StandardCheckpointHandler(),
+            DATA_ITEM: ocp.JsonCheckpointHandler(),
+            CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+        }
+        self.directory = directory
+        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any], cfg: LlamaConfig,
+             force: bool = True) -> bool:
+        train_state = {"step": state["step"], "rng": state["rng"]}
+        return self.manager.save(step, force=force, args=ocp.args.Composite(**{
+            PARAMS_ITEM: ocp.args.StandardSave(state["params"]),
+            OPT_ITEM: ocp.args.StandardSave(state["opt_state"]),
+            TRAIN_ITEM: ocp.args.StandardSave(train_state),
+            DATA_ITEM: ocp.args.JsonSave(data_state),
+            CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
+        }))
+
+    def restore(self, step: int, abstract_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(state, data_state) of `step`, placed per `abstract_state`'s shardings."""
+        abstract_train = {"step": abstract_state["step"], "rng": abstract_state["rng"]}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS_ITEM: ocp.args.StandardRestore(abstract_state["params"]),
+            OPT_ITEM: ocp.args.StandardRestore(abstract_state["opt_state"]),
+            TRAIN_ITEM: ocp.args.StandardRestore(abstract_train),
+            DATA_ITEM: ocp.args.JsonRestore(),
+        }))
+        train = restored[TRAIN_ITEM]
+        state = {"params": restored[PARAMS_ITEM], "opt_state": restored[OPT_ITEM], "step": train["step"],
+                 "rng": train["rng"]}
+        return state, restored[DATA_ITEM]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

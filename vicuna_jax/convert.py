@@ -360,7 +360,7 @@ def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_
         "model_max_length": model_max_length,
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
-        "chat_template": get_template(template).hf_chat_template(),
+        "chat_template": get_template(template).hf_chat_template(bos=True),
     }
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)

@@ -1,0 +1,28 @@
+"""CPU demo: a ~5M-parameter LLaMA trained from scratch on the bundled sample conversations.
+
+    python -m vicuna_jax.train --config=configs/tiny.py --workdir=/tmp/vicuna_tiny
+"""
+
+from vicuna_jax.train_config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model = "tiny"
+    c.data.path = "bundled"
+    c.data.validation_fraction = 0.05
+    c.seq_len = 512
+    c.batch_size = 8
+    c.total_steps = 150
+    c.optimizer.learning_rate = 2e-3  # from scratch; fine-tuning uses FastChat's 2e-5
+    c.optimizer.warmup_ratio = 0.05
+    c.optimizer.weight_decay = 0.01
+    c.dtype = "float32"  # CPUs have no fast bf16 matmul
+    c.remat_policy = "none"
+    c.scan_layers = True
+    c.loss_chunk_size = 0
+    c.checkpoint_every = 50
+    c.eval_every = 50
+    c.log_every = 10
+    c.export_dtype = "float32"
+    return c

@@ -1,0 +1,199 @@
+"""Training configuration: the base ConfigDict that `configs/*.py` start from, and its validation.
+
+Every key is documented here. `validate` runs before anything is compiled and raises `ConfigError`
+naming the offending key (`config.mesh.fsdp`, `config.optimizer.learning_rate`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
+
+from vicuna_jax.config import PRESETS, ConfigError, LlamaConfig, get_preset
+from vicuna_jax.model.attention import BACKENDS
+from vicuna_jax.model.llama import REMAT_POLICIES
+
+BUNDLED_DATA = "bundled"
+_FIELD_TYPES = {"rope_theta": float, "rope_scaling_factor": float, "rms_norm_eps": float,
+                "tie_word_embeddings": bool}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # Model: a preset name (see vicuna_jax.config.PRESETS) with optional field overrides, or the
+    # architecture of `init_from_hf` when that is set.
+    c.model = "tiny"
+    # Any LlamaConfig field, e.g. --config.model_overrides.num_layers=2 (unset fields keep the preset's).
+    c.model_overrides = ml_collections.ConfigDict({
+        f.name: config_dict.placeholder(_FIELD_TYPES.get(f.name, int))
+        for f in dataclasses.fields(LlamaConfig)})
+    c.init_from_hf = ""  # HF LlamaForCausalLM directory to start from ("" = random init).
+    c.tokenizer = ""  # tokenizer.model; "" = <init_from_hf>/tokenizer.model, else the bundled one.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = BUNDLED_DATA  # raw ShareGPT .json/.jsonl (prepared into workdir/data), or a prepared dir.
+    c.data.template = "vicuna_v1.1"
+    c.data.validation_fraction = 0.02  # held-out share when preparing from raw data.
+    c.data.packing = True  # False = FastChat-style one conversation per row, padded.
+    c.data.window = 2048  # conversations packed together per shuffled window.
+
+    c.seq_len = 2048
+    c.batch_size = 128  # global rows per optimizer step (all hosts, all micro-batches).
+    c.grad_accum_steps = 1  # micro-batches per step; the loss is normalised over the whole global batch.
+    c.total_steps = -1  # > 0: train this many steps; -1: num_epochs over the training split.
+    c.num_epochs = 3.0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.warmup_ratio = 0.03
+    c.optimizer.final_lr_ratio = 0.0
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.grad_clip = 1.0
+
+    c.dtype = "bfloat16"  # compute dtype
+    c.param_dtype = "float32"  # parameters and optimizer state
+    c.remat_policy = "nothing_saveable"  # see vicuna_jax.model.llama.REMAT_POLICIES; "none" = no remat.
+    c.scan_layers = True
+    c.attention = "auto"  # auto | xla | cudnn | pallas
+    c.loss_chunk_size = 512  # positions per LM-head/softmax chunk (0 = whole sequence at once).
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1 = all remaining devices
+    c.mesh.tensor = 1
+
+    c.seed = 0
+    c.checkpoint_every = 500  # steps; also saved at the end and on SIGTERM/SIGINT.
+    c.keep_checkpoints = 3
+    c.log_every = 10
+    c.eval_every = 500  # steps (0 = never); also at the end.
+    c.eval_batches = 0  # 0 = the whole validation split.
+    c.export_hf_at_end = True  # write workdir/hf (transformers-loadable) when training finishes.
+    c.export_dtype = "bfloat16"
+    c.distributed = "auto"  # auto | on | off: jax.distributed.initialize() for multi-host runs.
+    c.peak_flops_per_device = 0.0  # for MFU when the device is not in the built-in table.
+    return c
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def _positive_int(c: ml_collections.ConfigDict, key: str, allow: tuple[int, ...] = ()) -> None:
+    value = _get(c, key)
+    if not isinstance(value, int) or isinstance(value, bool) or (value <= 0 and value not in allow):
+        extra = f" (or {', '.join(map(str, allow))})" if allow else ""
+        _fail(key, f"must be a positive integer{extra}, got {value!r}")
+
+
+def _get(c: ml_collections.ConfigDict, key: str):
+    node = c
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def model_config(c: ml_collections.ConfigDict) -> LlamaConfig:
+    """The architecture: from `init_from_hf`'s config.json, else the preset plus overrides."""
+    if c.init_from_hf:
+        if not os.path.isfile(os.path.join(c.init_from_hf, "config.json")):
+            _fail("init_from_hf", f"{c.init_from_hf} has no config.json")
+        cfg = LlamaConfig.from_hf_config(c.init_from_hf)
+    else:
+        if c.model not in PRESETS:
+            _fail("model", f"unknown preset {c.model!r}; known: {sorted(PRESETS)}")
+        cfg = get_preset(c.model)
+    overrides = {k: v for k, v in c.model_overrides.to_dict().items() if v is not None}
+    if overrides:
+        known = set(cfg.to_dict())
+        for key in overrides:
+            if key not in known:
+                _fail(f"model_overrides.{key}", f"not a model field; fields: {sorted(known)}")
+        try:
+            cfg = cfg.replace(**overrides)
+        except ConfigError as e:
+            _fail("model_overrides", str(e))
+    return cfg
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
+    """Checks every key that can be checked without compiling; returns the model config."""
+    cfg = model_config(c)
+    for key in ("seq_len", "batch_size", "grad_accum_steps", "checkpoint_every", "keep_checkpoints",
+                "log_every"):
+        _positive_int(c, key)
+    _positive_int(c, "total_steps", allow=(-1,))
+    if c.total_steps == -1 and not c.num_epochs > 0:
+        _fail("num_epochs", f"must be > 0 when total_steps is -1, got {c.num_epochs!r}")
+    if c.seq_len > cfg.max_position_embeddings:
+        _fail("seq_len", f"{c.seq_len} exceeds the model's max_position_embeddings "
+                         f"({cfg.max_position_embeddings})")
+    if c.eval_every < 0:
+        _fail("eval_every", f"must be >= 0, got {c.eval_every}")
+    for key in ("dtype", "param_dtype", "export_dtype"):
+        if _get(c, key) not in DTYPES:
+            _fail(key, f"must be one of {DTYPES}, got {_get(c, key)!r}")
+    if c.remat_policy not in REMAT_POLICIES:
+        _fail("remat_policy", f"unknown policy {c.remat_policy!r}; choose one of {list(REMAT_POLICIES)}")
+    if c.attention not in BACKENDS:
+        _fail("attention", f"must be one of {BACKENDS}, got {c.attention!r}")
+    if c.loss_chunk_size < 0:
+        _fail("loss_chunk_size", f"must be >= 0, got {c.loss_chunk_size}")
+    if c.distributed not in ("auto", "on", "off"):
+        _fail("distributed", f"must be auto, on or off, got {c.distributed!r}")
+
+    opt = c.optimizer
+    if not opt.learning_rate > 0:
+        _fail("optimizer.learning_rate", f"must be > 0, got {opt.learning_rate}")
+    if not 0 <= opt.warmup_ratio < 1:
+        _fail("optimizer.warmup_ratio", f"must be in [0, 1), got {opt.warmup_ratio}")
+    for key in ("b1", "b2"):
+        if not 0 <= opt[key] < 1:
+            _fail(f"optimizer.{key}", f"must be in [0, 1), got {opt[key]}")
+    for key in ("eps", "weight_decay", "grad_clip", "final_lr_ratio"):
+        if opt[key] < 0:
+            _fail(f"optimizer.{key}", f"must be >= 0, got {opt[key]}")
+
+    sizes = {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}
+    for k, v in sizes.items():
+        if not isinstance(v, int) or (v < 1 and v != -1):
+            _fail(f"mesh.{k}", f"must be a positive integer or -1, got {v!r}")
+    if sum(v == -1 for v in sizes.values()) > 1:
+        _fail("mesh", "at most one of data, fsdp, tensor may be -1")
+    fixed = 1
+    for v in sizes.values():
+        fixed *= v if v != -1 else 1
+    if num_devices % fixed:
+        _fail("mesh", f"data*fsdp*tensor = {fixed} does not divide the {num_devices} devices")
+    for k, v in sizes.items():
+        if v == -1:
+            sizes[k] = num_devices // fixed
+    if sizes["data"] * sizes["fsdp"] * sizes["tensor"] != num_devices:
+        _fail("mesh", f"data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} must use all "
+                      f"{num_devices} devices")
+    batch_shards = sizes["data"] * sizes["fsdp"]
+    if c.batch_size % c.grad_accum_steps:
+        _fail("grad_accum_steps", f"{c.grad_accum_steps} does not divide batch_size {c.batch_size}")
+    if (c.batch_size // c.grad_accum_steps) % batch_shards:
+        _fail("batch_size", f"each micro-batch ({c.batch_size // c.grad_accum_steps} rows) must divide "
+                            f"evenly over mesh.data*mesh.fsdp = {batch_shards} devices")
+    if cfg.num_heads % sizes["tensor"] or cfg.num_kv_heads % sizes["tensor"]:
+        _fail("mesh.tensor", f"{sizes['tensor']} must divide num_heads ({cfg.num_heads}) and num_kv_heads "
+                             f"({cfg.num_kv_heads})")
+    if c.data.path != BUNDLED_DATA and not os.path.exists(c.data.path):
+        _fail("data.path", f"{c.data.path} does not exist")
+    if c.tokenizer and not os.path.exists(c.tokenizer):
+        _fail("tokenizer", f"{c.tokenizer} does not exist")
+    return cfg
+
+
+def jnp_dtype(name: str):
+    return jnp.dtype(name)
