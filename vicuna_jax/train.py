@@ -7,6 +7,7 @@ the same command restarts a preempted run; SIGTERM/SIGINT save a checkpoint and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -127,8 +128,11 @@ def prepare_data(c: ml_collections.ConfigDict, workdir: str, tokenizer_path: str
         return path
     out = os.path.join(workdir, "data")
     if jax.process_index() == 0:
-        prepare_dataset(path, out, tokenizer=tokenizer_path, max_length=c.seq_len + 1,
-                        template=c.data.template, validation_fraction=c.data.validation_fraction, seed=c.seed)
+        # tensorflow-datasets prints progress to stdout; stdout is for the run summary.
+        with contextlib.redirect_stdout(sys.stderr):
+            prepare_dataset(path, out, tokenizer=tokenizer_path, max_length=c.seq_len + 1,
+                            template=c.data.template, validation_fraction=c.data.validation_fraction,
+                            seed=c.seed)
     _sync("prepare_data")
     return out
 

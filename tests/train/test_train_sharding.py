@@ -1,4 +1,4 @@
-"""FSDP over 8 simulated devices trains like one device; weights really are sharded; bad configs fail early."""
+"""FSDP on 8 simulated devices trains like one device; weights really are sharded; bad configs fail early."""
 
 import pytest
 from train_utils import config, losses, run_cli
@@ -18,7 +18,8 @@ def test_eight_devices_match_one_device(prepared, tmp_path):
         assert abs(many[step] - one[step]) / one[step] < 2e-3, (step, many[step], one[step])
     assert one[6] < one[1]  # it learns
     specs = summary["param_shardings"]
-    for name in ("embed_tokens", "layers/mlp/up_proj/kernel", "layers/self_attn/q_proj/kernel", "lm_head/kernel"):
+    big = ("embed_tokens", "layers/mlp/up_proj/kernel", "layers/self_attn/q_proj/kernel", "lm_head/kernel")
+    for name in big:
         assert "fsdp" in specs[name], (name, specs[name])
     assert "fsdp" not in specs["norm/scale"]
 

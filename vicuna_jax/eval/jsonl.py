@@ -15,8 +15,10 @@ from typing import Any, Self
 
 from absl import logging
 
+from vicuna_jax.cli import UserError
 
-class EvalInputError(ValueError):
+
+class EvalInputError(UserError):
     """Bad user input (a file, line, key or flag); the message says exactly where."""
 
 
