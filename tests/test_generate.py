@@ -118,3 +118,19 @@ def test_context_limits(models):
     assert len(out[0]) == 3
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=-1)
+
+
+def test_sampled_rows_do_not_depend_on_batch_mates(models):
+    _, cfg, gen = models
+    prompts = _prompts(cfg)
+    hot = [SamplingParams(max_new_tokens=10, temperature=1.3, seed=100 + i) for i in range(3)]
+    together = gen.generate_ids(prompts, hot)
+    alone = [gen.generate_ids([p], [h])[0] for p, h in zip(prompts, hot, strict=True)]
+    reordered = gen.generate_ids(prompts[::-1], hot[::-1])[::-1]
+    assert together == alone == reordered
+    # Per-row parameters: a greedy row next to sampled rows stays greedy.
+    mixed = [SamplingParams(max_new_tokens=10), hot[1], hot[2]]
+    greedy = gen.generate_ids([prompts[0]], SamplingParams(max_new_tokens=10))[0]
+    assert gen.generate_ids(prompts, mixed)[0] == greedy
+    with pytest.raises(ValueError, match="2 SamplingParams for 3 prompts"):
+        gen.generate_ids(prompts, hot[:2])

@@ -66,7 +66,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 def sample_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array,
                   top_k_B: jax.Array) -> jax.Array:
-    """Per-row sampling; rows with temperature 0 take the argmax."""
+    """Per-row sampling; rows with temperature 0 take the argmax.
+
+    `rng` is one key for the whole batch, or a `[B]` array of keys (one per row, batch-invariant draws).
+    """
     greedy_B = jnp.argmax(logits_BxV, axis=-1)
     scaled = logits_BxV / jnp.maximum(temperature_B, 1e-6)[:, None]
     sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
@@ -82,7 +85,10 @@ def sample_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Arra
     pth_B = jnp.take_along_axis(sorted_logits, last_kept[:, None], axis=-1)
     threshold = jnp.maximum(kth_B, pth_B)
     filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    sampled_B = jax.random.categorical(rng, filtered, axis=-1)
+    if jnp.ndim(rng) == 0 or jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jnp.uint32):
+        sampled_B = jax.random.categorical(rng, filtered, axis=-1)
+    else:  # one key per row: a row's draw does not depend on the rest of the batch
+        sampled_B = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(rng, filtered)
     return jnp.where(temperature_B > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
@@ -126,8 +132,9 @@ class Generator:
 
         def body(c):
             i, cache, logits_BxV, rng, done_B, count_B, out_BxN = c
-            rng, sub = jax.random.split(rng)
-            tok_B = sample_tokens(logits_BxV, sub, temperature_B, top_p_B, top_k_B)
+            # Row b's t-th token uses fold_in(key_b, t): the same draw whatever else is in the batch.
+            step_keys_B = jax.vmap(jax.random.fold_in)(rng, count_B)
+            tok_B = sample_tokens(logits_BxV, step_keys_B, temperature_B, top_p_B, top_k_B)
             tok_B = jnp.where(done_B, -1, tok_B)
             out_BxN = out_BxN.at[:, i].set(tok_B)
             count_B = count_B + (~done_B).astype(jnp.int32)
@@ -146,11 +153,17 @@ class Generator:
 
     # ------------------------------------------------------------ host loop
 
-    def stream_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams
-                   ) -> Iterator[list[list[int]]]:
-        """Yields, after each decode chunk, the new token ids of every row so far (EOS excluded)."""
+    def stream_ids(self, prompts: Sequence[Sequence[int]],
+                   params: SamplingParams | Sequence[SamplingParams]) -> Iterator[list[list[int]]]:
+        """Yields, after each decode chunk, the new token ids of every row so far (EOS excluded).
+
+        `params` is one SamplingParams for every row, or one per prompt (each row then has its own
+        temperature, top-p, top-k, token budget and seed). With one SamplingParams, row b is seeded with
+        `seed + b`; a row's tokens depend only on its prompt, its params and its seed, never on batch-mates.
+        """
         if not prompts:
             return
+        rows = _per_row(params, len(prompts))
         lengths = [len(p) for p in prompts]
         if min(lengths) == 0:
             raise ValueError("every prompt needs at least one token (the BOS token)")
@@ -159,7 +172,8 @@ class Generator:
             raise ValueError(f"prompt of {max(lengths)} tokens does not fit the model's context of {ctx}")
         b = len(prompts)
         p = min(_round_up(max(lengths), _PROMPT_BUCKET), ctx)
-        new_budget = min(params.max_new_tokens, ctx - min(lengths))
+        max_new = max(r.max_new_tokens for r in rows)
+        new_budget = min(max_new, ctx - min(lengths))
         cache_len = min(_round_up(max(lengths) + new_budget, _CACHE_BUCKET), _round_up(ctx, _CACHE_BUCKET))
         cache_len = max(cache_len, p)
         tokens = np.zeros((b, p), np.int32)
@@ -168,14 +182,15 @@ class Generator:
         lengths_B = jnp.asarray(lengths, jnp.int32)
         cache = KVCache.create(self.cfg, b, cache_len, self.cache_dtype)
         cache, logits = self._prefill(self.state, jnp.asarray(tokens), lengths_B, cache)
-        # Per-row budget: max_new_tokens, and never past the context or the cache.
-        limit = np.minimum(params.max_new_tokens, np.minimum(ctx, cache_len) - np.asarray(lengths))
-        limit_B = jnp.asarray(limit, jnp.int32)
+        # Per-row budget: its max_new_tokens, and never past the context or the cache.
+        wanted = np.asarray([r.max_new_tokens for r in rows])
+        limit = np.minimum(wanted, np.minimum(ctx, cache_len) - np.asarray(lengths))
         done = jnp.asarray(limit <= 0)
-        full = lambda v, dt: jnp.full((b,), v, dt)  # noqa: E731
-        sampling = (full(params.temperature, jnp.float32), full(params.top_p, jnp.float32),
-                    full(params.top_k, jnp.int32), limit_B)
-        carry = (cache, logits, jax.random.key(params.seed), done, jnp.zeros((b,), jnp.int32))
+        sampling = (jnp.asarray([r.temperature for r in rows], jnp.float32),
+                    jnp.asarray([r.top_p for r in rows], jnp.float32),
+                    jnp.asarray([r.top_k for r in rows], jnp.int32), jnp.asarray(limit, jnp.int32))
+        keys = jax.vmap(jax.random.key)(jnp.asarray([r.seed for r in rows], jnp.uint32))
+        carry = (cache, logits, keys, done, jnp.zeros((b,), jnp.int32))
         outs: list[list[int]] = [[] for _ in range(b)]
         finished = np.asarray(done).copy()
         while not finished.all():
@@ -183,9 +198,7 @@ class Generator:
             chunk = np.asarray(chunk)
             for i in range(b):
                 for tok in chunk[i]:
-                    if tok < 0:
-                        break
-                    if tok in self._eos_set:
+                    if tok < 0 or tok in self._eos_set:
                         break
                     outs[i].append(int(tok))
             finished = np.asarray(carry[3])
@@ -202,19 +215,21 @@ class Generator:
             last = outs
         return [list(o) for o in last]
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
                  on_update: Callable[[int, str], None] | None = None) -> list[Completion]:
-        """Completions with text; stop strings end a row early (the stop string is not included)."""
+        """Completions with text; stop strings end a row early (the stop string is not included).
+        `params` as in `stream_ids` (one for all rows, or one per prompt)."""
         if self.tokenizer is None:
             raise ValueError("text generation needs a tokenizer")
+        rows = _per_row(params, len(prompts))
         results: list[Completion | None] = [None] * len(prompts)
         outs: list[list[int]] = [[] for _ in prompts]
-        for outs in self.stream_ids(prompts, params):
+        for outs in self.stream_ids(prompts, rows):
             for i, ids in enumerate(outs):
                 if results[i] is not None:
                     continue
                 text = self.tokenizer.decode(ids)
-                cut = _first_stop(text, params.stop_strings)
+                cut = _first_stop(text, rows[i].stop_strings)
                 if cut is not None:
                     results[i] = Completion(ids, text[:cut], "stop")
                 elif on_update is not None:
@@ -223,7 +238,7 @@ class Generator:
                 break  # every row hit a stop string; no need to decode further
         for i, ids in enumerate(outs):
             if results[i] is None:
-                limit_hit = len(ids) >= params.max_new_tokens or \
+                limit_hit = len(ids) >= rows[i].max_new_tokens or \
                     len(prompts[i]) + len(ids) >= self.cfg.max_position_embeddings
                 results[i] = Completion(ids, self.tokenizer.decode(ids), "length" if limit_hit else "stop")
         return results  # type: ignore[return-value]
@@ -247,6 +262,15 @@ class Generator:
                 sent = visible
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent):]
+
+
+def _per_row(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
+    if isinstance(params, SamplingParams):
+        return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
+    rows = list(params)
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} SamplingParams for {n} prompts")
+    return rows
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
