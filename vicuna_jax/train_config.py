@@ -83,6 +83,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def vicuna_recipe(model: str, seq_len: int, batch_size: int) -> ml_collections.ConfigDict:
+    """FastChat's Vicuna hyperparameters: lr 2e-5, 3 epochs, warmup 3%, cosine, no weight decay, clip 1.0,
+    AdamW (0.9, 0.999, 1e-8), bf16 compute with fp32 parameters, full remat, vicuna_v1.1 template."""
+    c = base_config()
+    c.model = model
+    c.seq_len = seq_len
+    c.batch_size = batch_size
+    c.data.template = "vicuna_v1.1"
+    c.total_steps = -1
+    c.num_epochs = 3.0
+    c.optimizer.learning_rate = 2e-5
+    c.optimizer.warmup_ratio = 0.03
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip = 1.0
+    c.dtype = "bfloat16"
+    c.param_dtype = "float32"
+    c.remat_policy = "nothing_saveable"
+    c.scan_layers = True
+    c.attention = "auto"
+    c.checkpoint_every = 200
+    c.eval_every = 200
+    c.export_dtype = "bfloat16"
+    return c
+
+
 def _fail(key: str, message: str) -> None:
     raise ConfigError(f"config.{key}: {message}")
 
