@@ -94,18 +94,9 @@ def main(argv: list[str]) -> None:
 
 
 def _define_flags() -> None:
-    from absl import flags
+    from vicuna_jax.generate import define_model_and_sampling_flags
 
-    flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template.")
-    flags.DEFINE_string("system", None, "System message (template default when unset).")
-    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
-    flags.DEFINE_integer("max_new_tokens", 512, "Most tokens per reply.")
-    flags.DEFINE_float("temperature", 0.7, "0 = greedy.")
-    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
-    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
+    define_model_and_sampling_flags(512, 0.7, "Chat template.")
 
 
 if __name__ == "__main__":

@@ -327,21 +327,33 @@ def main(argv: list[str]) -> None:
     sys.stdout.write("\n")
 
 
+def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, template_help: str) -> None:
+    """The flags generate and chat share: which model, which template, how to sample.
+
+    They are registered as the running program's own flags, so its `--help` lists them.
+    """
+    from absl import flags
+
+    main = {"module_name": sys.argv[0]}
+    flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True,
+                        **main)
+    flags.DEFINE_string("template", "vicuna_v1.1", template_help, **main)
+    flags.DEFINE_string("system", None, "System message (template default when unset).", **main)
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.", **main)
+    flags.DEFINE_integer("max_new_tokens", max_new_tokens, "Most tokens to generate per reply.", **main)
+    flags.DEFINE_float("temperature", temperature, "0 = greedy.", **main)
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.", **main)
+    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).", **main)
+    flags.DEFINE_integer("seed", 0, "Sampling seed.", **main)
+    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.", **main)
+
+
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
+    define_model_and_sampling_flags(256, 0.0, "Chat template, or 'none' for raw text.")
     flags.DEFINE_string("prompt", None, "The user message.", required=True)
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template, or 'none' for raw text.")
-    flags.DEFINE_string("system", None, "System message (template default when unset).")
-    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
-    flags.DEFINE_integer("max_new_tokens", 256, "Most tokens to generate.")
-    flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
-    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
-    flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_multi_string("stop", None, "Extra stop string (repeatable).")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
 
 
 if __name__ == "__main__":
