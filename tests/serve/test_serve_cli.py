@@ -1,0 +1,64 @@
+"""`python -m vicuna_jax.serve` as a user runs it: key from the environment, a free port from the log line,
+real requests, and a clean exit on SIGTERM; bad flags end with one `error:` line."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import openai
+import pytest
+
+KEY = "sk-cli-test-0a1b2c3d4e5f6a7b8c9d"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    env.pop("VICUNA_JAX_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def test_cli_serves_with_key_from_env_and_stops_on_sigterm(tiny_checkpoint):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vicuna_jax.serve", f"--model={tiny_checkpoint}", "--port=0", "--max_batch=2",
+         "--model_name=cli-model"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env(VICUNA_JAX_API_KEY=KEY))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        port = None
+        log = []
+        while port is None:
+            line = lines.get(timeout=120)
+            log.append(line)
+            found = re.search(r"serving model 'cli-model' .* at http://127\.0\.0\.1:(\d+)/", line)
+            port = int(found.group(1)) if found else None
+            assert proc.poll() is None, "".join(log)
+        assert "API key required" in log[-1]
+        base = f"http://127.0.0.1:{port}/v1"
+        client = openai.OpenAI(base_url=base, api_key=KEY, max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="cli-model", max_tokens=5, temperature=0,
+                                               messages=[{"role": "user", "content": "Hi"}])
+        assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens >= 1
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base, api_key="sk-nope-nope-nope", max_retries=0).models.list()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_rejects_bad_flags(tiny_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "vicuna_jax.serve", f"--model={tiny_checkpoint}",
+                           "--max_batch=0"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: --max_batch, --decode_steps, --max_waiting and --max_prefill_tokens must be >= 1"

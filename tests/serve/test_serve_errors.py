@@ -1,0 +1,103 @@
+"""Bad input gets a 4xx with OpenAI's error body naming the parameter, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from conftest import MODEL_NAME, raw_request
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+USER = [{"role": "user", "content": "Hi"}]
+
+
+def chat(**fields) -> bytes:
+    return json.dumps({"model": MODEL_NAME, "messages": USER, "max_tokens": 4, **fields}).encode()
+
+
+def completion(**fields) -> bytes:
+    return json.dumps({"model": MODEL_NAME, "max_tokens": 4, **fields}).encode()
+
+
+# (path, body, status, param, code)
+CASES = {
+    "malformed json": (CHAT, b'{"model": "tiny-vicuna", "messages": [', 400, None, "invalid_json"),
+    "empty body": (CHAT, b"", 400, None, "invalid_json"),
+    "not an object": (CHAT, b"[1, 2]", 400, None, "invalid_json"),
+    "NaN": (CHAT, chat()[:-1] + b', "temperature": NaN}', 400, None, "invalid_json"),
+    "invalid utf-8": (CHAT, chat().replace(b'"Hi"', b'"\xff\xfeHi"'), 400, None, "invalid_encoding"),
+    "unknown model": (CHAT, chat(model="gpt-4"), 404, "model", "model_not_found"),
+    "model missing": (CHAT, json.dumps({"messages": USER}).encode(), 400, "model", "invalid_type"),
+    "negative max_tokens": (CHAT, chat(max_tokens=-1), 400, "max_tokens", "invalid_value"),
+    "zero max_tokens": (CHAT, chat(max_tokens=0), 400, "max_tokens", "invalid_value"),
+    "huge max_tokens": (CHAT, chat(max_tokens=10**12), 400, "max_tokens", "invalid_value"),
+    "string max_tokens": (CHAT, chat(max_tokens="12"), 400, "max_tokens", "invalid_type"),
+    "bool max_tokens": (CHAT, chat(max_tokens=True), 400, "max_tokens", "invalid_type"),
+    "fractional max_tokens": (CHAT, chat(max_tokens=2.5), 400, "max_tokens", "invalid_type"),
+    "string temperature": (CHAT, chat(temperature="hot"), 400, "temperature", "invalid_type"),
+    "temperature too high": (CHAT, chat(temperature=5), 400, "temperature", "invalid_value"),
+    "top_p zero": (CHAT, chat(top_p=0), 400, "top_p", "invalid_value"),
+    "n zero": (CHAT, chat(n=0), 400, "n", "invalid_value"),
+    "n above the batch": (CHAT, chat(n=1000), 400, "n", "invalid_value"),
+    "stop not strings": (CHAT, chat(stop=[1, 2]), 400, "stop", "invalid_type"),
+    "too many stops": (CHAT, chat(stop=list("abcde")), 400, "stop", "invalid_value"),
+    "stream not bool": (CHAT, chat(stream="yes"), 400, "stream", "invalid_type"),
+    "logprobs": (CHAT, chat(logprobs=True), 400, "logprobs", "unsupported_parameter"),
+    "no messages": (CHAT, chat(messages=[]), 400, "messages", "invalid_type"),
+    "message not an object": (CHAT, chat(messages=["hi"]), 400, "messages[0]", "invalid_type"),
+    "content not text": (CHAT, chat(messages=[{"role": "user", "content": 3}]), 400, "messages[0].content",
+                         "invalid_type"),
+    "image content": (CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]), 400,
+                      "messages[0].content", "unsupported_content"),
+    "unknown role": (CHAT, chat(messages=[{"role": "robot", "content": "x"}]), 400, "messages",
+                     "invalid_value"),
+    "ends with assistant": (CHAT, chat(messages=USER + [{"role": "assistant", "content": "x"}]), 400,
+                            "messages", "invalid_value"),
+    "roles do not alternate": (CHAT, chat(messages=USER + USER), 400, "messages", "invalid_value"),
+    "chat prompt too long": (CHAT, chat(messages=[{"role": "user", "content": "word " * 700}]), 400,
+                             "messages", "context_length_exceeded"),
+    "completion prompt too long": (COMPLETIONS, completion(prompt=[5] * 512), 400, "prompt",
+                                   "context_length_exceeded"),
+    "token id out of range": (COMPLETIONS, completion(prompt=[1, 10**6]), 400, "prompt", "invalid_value"),
+    "prompt wrong type": (COMPLETIONS, completion(prompt={"a": 1}), 400, "prompt", "invalid_type"),
+    "unknown route": ("/v1/embeddings", b"{}", 404, None, "not_found"),
+    "body too large": (CHAT, b" " * (9 << 20), 413, None, "request_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_request_gets_openai_error(served, case):
+    path, body, status, param, code = CASES[case]
+    got_status, got = raw_request(served, "POST", path, body)
+    assert got_status == status, got
+    assert set(got) == {"error"} and set(got["error"]) == {"message", "type", "param", "code"}
+    assert got["error"]["type"] == "invalid_request_error"
+    assert (got["error"]["param"], got["error"]["code"]) == (param, code)
+    assert isinstance(got["error"]["message"], str) and got["error"]["message"]
+
+
+def test_wrong_method(served):
+    status, got = raw_request(served, "GET", CHAT)
+    assert status == 405 and got["error"]["code"] == "method_not_allowed"
+
+
+def test_openai_client_sees_typed_errors_and_server_keeps_serving(served, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4", messages=USER)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "x " * 900}])
+    assert e.value.code == "context_length_exceeded" and "512" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL_NAME, prompt="hi", max_tokens=-3)
+    assert e.value.param == "max_tokens"
+    # A long prompt still fits when the reply budget is clamped to what the context leaves.
+    long = client.completions.create(model=MODEL_NAME, prompt=[1] + [7] * 500, max_tokens=512, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 11
+    ok = client.chat.completions.create(model=MODEL_NAME, messages=USER, max_tokens=3)
+    assert ok.choices[0].message.role == "assistant"
+    health = served.wait_idle()
+    assert health["active"] == 0 and health.get("errors", 0) == 0

@@ -1,0 +1,99 @@
+"""`python -m vicuna_jax.serve`: an OpenAI-compatible server and a chat page for one model.
+
+    python -m vicuna_jax.serve --model=DIR [--host=127.0.0.1] [--port=8000] [--max_batch=16]
+        [--template=vicuna_v1.1] [--model_name=NAME] [--api_key=KEY]   (or VICUNA_JAX_API_KEY=KEY)
+
+Then open http://127.0.0.1:8000/ to chat, or point any OpenAI client at it:
+OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=KEY (any value when no key is set).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from vicuna_jax.cli import UserError
+
+API_KEY_ENV = "VICUNA_JAX_API_KEY"
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags, logging
+
+    from vicuna_jax.data import get_template
+    from vicuna_jax.serve.api import ServeConfig, build_app
+    from vicuna_jax.serve.server import bind, load_engine, make_server
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    if min(f.max_batch, f.decode_steps, f.max_waiting, f.max_prefill_tokens) < 1:
+        raise UserError("--max_batch, --decode_steps, --max_waiting and --max_prefill_tokens must be >= 1")
+    if not 0 <= f.port <= 65535:
+        raise UserError(f"--port must be in [0, 65535], got {f.port}")
+    try:
+        get_template(f.template)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if not os.path.exists(f.model):
+        raise UserError(f"--model: no such directory: {f.model}")
+    api_key = f.api_key or os.environ.get(API_KEY_ENV) or None
+    name = f.model_name or os.path.basename(os.path.normpath(os.path.abspath(f.model)))
+    try:
+        sock = bind(f.host, f.port)
+    except OSError as e:
+        raise UserError(f"cannot listen on {f.host}:{f.port}: {e}") from None
+    try:
+        engine, tokenizer = load_engine(f.model, tokenizer=f.tokenizer, dtype=f.dtype, max_batch=f.max_batch,
+                                        decode_steps=f.decode_steps, max_seq_len=f.max_seq_len or None,
+                                        max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key))
+    host, port = sock.getsockname()[:2]
+    logging.info("serving model '%s' (context %d, %d rows) at http://%s:%d/ (chat page) and /v1 (API)%s",
+                 name, engine.context_len, f.max_batch, host, port, "; API key required" if api_key else "")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it found;
+    # let that handler end the process normally, so the engine is stopped and the exit status is 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_quietly)
+    try:
+        make_server(app, log_level=f.log_level, access_log=f.access_log).run(sockets=[sock])
+    finally:
+        engine.shutdown()
+        sock.close()
+        logging.info("server stopped")
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
+    flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (0.0.0.0 for every interface).")
+    flags.DEFINE_integer("port", 8000, "TCP port (0 picks a free one; the log says which).")
+    flags.DEFINE_integer("max_batch", 16, "KV-cache rows: sequences decoded together; more wait in a queue.")
+    flags.DEFINE_integer("decode_steps", 8, "Tokens per decode call between scheduling decisions.")
+    flags.DEFINE_integer("max_seq_len", 0, "Cap on prompt + reply tokens (0 = the model's context); "
+                         "sizes the KV cache.")
+    flags.DEFINE_integer("max_waiting", 256, "Queued sequences before requests get HTTP 503.")
+    flags.DEFINE_integer("max_prefill_tokens", 8192,
+                         "Padded prompt tokens per prefill call (bounds its memory).")
+    flags.DEFINE_string("api_key", None, f"Required bearer key for /v1 (prefer the {API_KEY_ENV} "
+                        "environment variable: flags show up in process lists).")
+    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template for /v1/chat/completions.")
+    flags.DEFINE_string("model_name", None, "Model id clients must send (default: the model directory name).")
+    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
+    flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"],
+                      "uvicorn's log level.")
+    flags.DEFINE_bool("access_log", False, "Log every HTTP request.")
+
+
+if __name__ == "__main__":
+    from vicuna_jax.cli import run
+
+    run(main, _define_flags)

@@ -1,0 +1,82 @@
+"""Running the app: uvicorn on a socket we bind ourselves (clear errors, and port 0 picks a free port),
+either in the foreground (the CLI) or in a background thread (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import jax.numpy as jnp
+import uvicorn
+
+from vicuna_jax.serve.engine import Engine
+
+
+def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "float32", max_batch: int = 16,
+                decode_steps: int = 8, max_seq_len: int | None = None, max_waiting: int = 256,
+                max_prefill_tokens: int = 8192, warmup: bool = True) -> tuple[Engine, Any]:
+    """Loads a checkpoint or HF directory into a started Engine; returns (engine, tokenizer)."""
+    from vicuna_jax.convert import load_model
+    from vicuna_jax.data import load_tokenizer
+
+    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    if tok_path is None:
+        raise FileNotFoundError(f"no tokenizer.model found with {model_path}; pass --tokenizer")
+    tok = load_tokenizer(tok_path)
+    engine = Engine(model, tok, max_batch=max_batch, decode_steps=decode_steps, max_seq_len=max_seq_len,
+                    max_waiting=max_waiting, max_prefill_tokens=max_prefill_tokens)
+    if warmup:
+        engine.warmup()
+    return engine.start(), tok
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; OSError (address in use, bad host) for the caller to report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(app: Any, log_level: str = "warning", access_log: bool = False) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="off",
+                            timeout_graceful_shutdown=5, timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+class ServerThread:
+    """uvicorn serving `app` on 127.0.0.1 (a free port by default) in a daemon thread."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        self.sock = bind(host, port)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.server = make_server(app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
