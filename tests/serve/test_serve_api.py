@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from conftest import MODEL_NAME, SERVE_KEY, raw_request
+from serve_utils import MODEL_NAME, SERVE_KEY, raw_request
 
 from vicuna_jax.data import encode_prompt
 from vicuna_jax.generate import SamplingParams

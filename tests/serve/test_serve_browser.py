@@ -8,7 +8,7 @@ import shutil
 import time
 
 import pytest
-from conftest import MODEL_NAME, SERVE_KEY
+from serve_utils import MODEL_NAME, SERVE_KEY
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from conftest import MAX_BATCH, MODEL_NAME, SERVE_KEY
+from serve_utils import MAX_BATCH, MODEL_NAME, SERVE_KEY
 
 PROMPTS = [f"Question {i}: what is {'very ' * (i % 5)}interesting about the number {i * 37}?"
            for i in range(16)]

@@ -6,7 +6,7 @@ import json
 
 import openai
 import pytest
-from conftest import MODEL_NAME, raw_request
+from serve_utils import MODEL_NAME, raw_request
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

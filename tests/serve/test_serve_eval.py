@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from conftest import MODEL_NAME, SERVE_KEY
+from serve_utils import MODEL_NAME, SERVE_KEY
 
 from vicuna_jax.data import encode_prompt
 from vicuna_jax.generate import SamplingParams

@@ -80,10 +80,13 @@ def apply_rope(x_BxTxHxD: jax.Array, cos_BxTxD: jax.Array, sin_BxTxD: jax.Array)
 
 
 class LayerCache(NamedTuple):
-    """One layer's slice of the KV cache plus the cache bookkeeping shared by all layers."""
+    """The KV cache as one layer sees it: the stacked buffers of all layers, which layer this is, and the
+    bookkeeping shared by all layers. A layer writes only its new tokens into the stacked buffers (in
+    place when the buffers are donated or carried through a loop) instead of rebuilding a layer copy."""
 
-    k_BxSxKxD: jax.Array
-    v_BxSxKxD: jax.Array
+    k_LxBxSxKxD: jax.Array
+    v_LxBxSxKxD: jax.Array
+    layer: jax.Array | int
     slot_segment_BxS: jax.Array  # segment id of each cache slot after this step's write (0 = empty/pad)
     end_B: jax.Array  # first slot this step writes, per row
 
@@ -120,23 +123,36 @@ class Attention(nnx.Module):
             out = attention_lib.attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT,
                                           impl=self.attention_impl)
         else:
-            k_all, v_all = _write_cache(cache, k_BxTxKxD, v_BxTxKxD)
+            k_L, v_L = _write_cache(cache, k_BxTxKxD, v_BxTxKxD)
+            k_all = jax.lax.dynamic_index_in_dim(k_L, cache.layer, axis=0, keepdims=False)
+            v_all = jax.lax.dynamic_index_in_dim(v_L, cache.layer, axis=0, keepdims=False)
             mask_BxTxS = cache_attention_mask(cache.slot_segment_BxS, cache.end_B, t)
             out = attention_lib.cached_attention(q_BxTxHxD, k_all, v_all, mask_BxTxS)
-            new_kv = (k_all, v_all)
+            new_kv = (k_L, v_L)
         out = checkpoint_name(out, "attention_out").reshape(b, t, self.num_heads * self.head_dim)
         return self.o_proj(out), new_kv
 
 
 def _write_cache(cache: LayerCache, k_BxTxKxD: jax.Array,
                  v_BxTxKxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Writes this step's keys/values at slots [end, end+T) of each row."""
-    def write_row(buf_SxKxD, new_TxKxD, start):
-        return jax.lax.dynamic_update_slice(buf_SxKxD, new_TxKxD.astype(buf_SxKxD.dtype), (start, 0, 0))
+    """Writes this step's keys/values into the stacked buffers at [layer, b, end[b]:end[b]+T].
 
-    k_all = jax.vmap(write_row)(cache.k_BxSxKxD, k_BxTxKxD, cache.end_B)
-    v_all = jax.vmap(write_row)(cache.v_BxSxKxD, v_BxTxKxD, cache.end_B)
-    return k_all, v_all
+    A scatter, not a vmapped dynamic_update_slice: XLA does the scatter in place on a donated or
+    loop-carried buffer, while the vmapped slice update copied the whole cache every layer. Slots past
+    the end of the cache (rows that already finished) are dropped.
+    """
+    rows_Bx1, slots_BxT = _cache_slots(cache.end_B, k_BxTxKxD.shape[1])
+    k_L = cache.k_LxBxSxKxD.at[cache.layer, rows_Bx1, slots_BxT].set(
+        k_BxTxKxD.astype(cache.k_LxBxSxKxD.dtype), mode="drop")
+    v_L = cache.v_LxBxSxKxD.at[cache.layer, rows_Bx1, slots_BxT].set(
+        v_BxTxKxD.astype(cache.v_LxBxSxKxD.dtype), mode="drop")
+    return k_L, v_L
+
+
+def _cache_slots(end_B: jax.Array, num_new: int) -> tuple[jax.Array, jax.Array]:
+    """Row and slot indices `[B, 1]`, `[B, T]` of this step's writes."""
+    rows_Bx1 = jnp.arange(end_B.shape[0])[:, None]
+    return rows_Bx1, end_B[:, None] + jnp.arange(num_new)[None, :]
 
 
 def cache_attention_mask(slot_segment_BxS: jax.Array, end_B: jax.Array, num_new: int) -> jax.Array:
@@ -247,37 +263,38 @@ class Llama(nnx.Module):
         graphdef, layer_state = nnx.split(self.layers)
         if cache is not None:
             seg = segment_ids_BxT if segment_ids_BxT is not None else jnp.ones((b, t), jnp.int32)
-            new_slot_segment = jax.vmap(
-                lambda row, s, start: jax.lax.dynamic_update_slice(row, s.astype(row.dtype), (start,))
-            )(cache.slot_segment_BxS, seg, cache.end_B)
+            rows_Bx1, slots_BxT = _cache_slots(cache.end_B, t)
+            new_slot_segment = cache.slot_segment_BxS.at[rows_Bx1, slots_BxT].set(
+                seg.astype(cache.slot_segment_BxS.dtype), mode="drop")
 
-        def layer_fn(x, layer_xs):
-            params, k_cache, v_cache = layer_xs
+        def layer_fn(carry, layer_xs):
+            # The whole cache rides in the carry, so each layer's write is an in-place update.
+            x, k_L, v_L = carry
+            params, index = layer_xs
             block = nnx.merge(graphdef, params)
             layer_cache = None
             if cache is not None:
-                layer_cache = LayerCache(k_cache, v_cache, new_slot_segment, cache.end_B)
+                layer_cache = LayerCache(k_L, v_L, index, new_slot_segment, cache.end_B)
             y, new_kv = block(x, positions_BxT, segment_ids_BxT, layer_cache)
-            return y, new_kv
+            if new_kv is not None:
+                k_L, v_L = new_kv
+            return (y, k_L, v_L), None
 
         policy = resolve_remat_policy(self.remat_policy)
         if policy is not None:
             layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=not self.scan_layers)
 
-        kv_in = (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD) if cache is not None else (None, None)
+        carry = (x_BxTxE, *((cache.k_LxBxSxKxD, cache.v_LxBxSxKxD) if cache is not None else (None, None)))
         if self.scan_layers:
-            x_BxTxE, new_kv = jax.lax.scan(layer_fn, x_BxTxE, (layer_state, *kv_in))
+            carry, _ = jax.lax.scan(layer_fn, carry, (layer_state, jnp.arange(self.cfg.num_layers)))
         else:
-            outs = []
             for i in range(self.cfg.num_layers):
-                xs = jax.tree.map(lambda a, i=i: a[i], (layer_state, *kv_in))
-                x_BxTxE, kv = layer_fn(x_BxTxE, xs)
-                outs.append(kv)
-            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+                carry, _ = layer_fn(carry, (jax.tree.map(lambda a, i=i: a[i], layer_state), i))
+        x_BxTxE, k_L, v_L = carry
 
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(new_kv[0], new_kv[1], new_slot_segment, cache.end_B + t)
+            new_cache = KVCache(k_L, v_L, new_slot_segment, cache.end_B + t)
         return self.norm(x_BxTxE), new_cache
 
     def logits(self, h_BxTxE: jax.Array) -> jax.Array:
