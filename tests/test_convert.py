@@ -212,3 +212,22 @@ def test_conflicting_rope_keys_are_rejected():
     hf["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
     with pytest.raises(ConfigError, match="disagree"):
         LlamaConfig.from_hf_config(hf)
+
+
+def test_exported_chat_template_renders_vicuna_prompt(hf_dir, tmp_path):
+    from vicuna_jax.data import bundled_tokenizer_path, encode_prompt, get_template, load_tokenizer
+
+    cfg, params = load_hf(hf_dir)
+    out = save_hf(params, cfg, str(tmp_path / "with_tok"), tokenizer=bundled_tokenizer_path())
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Hi! 1+1=?"}, {"role": "assistant", "content": "2"},
+                {"role": "user", "content": "And 2+2?"}]
+    text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    template = get_template("vicuna_v1.1")
+    expected = template.render(messages[1:], system="You are terse.", add_generation_prompt=True)
+    assert text == "<s>" + expected
+    assert expected.endswith("USER: And 2+2? ASSISTANT:") and "ASSISTANT: 2</s>USER:" in expected
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert list(ids) == encode_prompt(messages, load_tokenizer(bundled_tokenizer_path()))
