@@ -26,6 +26,9 @@ from vicuna_jax.fileio import replace_dir
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "model_config"
+OPT_ITEM = "opt_state"
+TRAIN_ITEM = "train_state"  # step and RNG, as arrays
+DATA_ITEM = "data_state"  # the loader's JSON position
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -33,10 +36,20 @@ class CheckpointError(UserError):
     """A checkpoint directory is missing, incomplete or does not match the model."""
 
 
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {
+        PARAMS_ITEM: ocp.StandardCheckpointHandler(),
+        OPT_ITEM: ocp.StandardCheckpointHandler(),
+        TRAIN_ITEM: ocp.StandardCheckpointHandler(),
+        DATA_ITEM: ocp.JsonCheckpointHandler(),
+        CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+    }
+
+
 def _checkpointer() -> ocp.Checkpointer:
-    """A synchronous Composite checkpointer that knows how to read our model items."""
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
-        PARAMS_ITEM: ocp.StandardCheckpointHandler(), CONFIG_ITEM: ocp.JsonCheckpointHandler()}))
+    """A synchronous Composite checkpointer that knows every item we write (so reading a model out of a
+    training checkpoint restores just the params and config, quietly)."""
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_item_handlers()))
 
 
 def _is_complete_step_dir(path: str) -> bool:
@@ -162,11 +175,6 @@ def to_numpy_tree(params: Any) -> Any:
 
 # ---------------------------------------------------------------- training checkpoints
 
-OPT_ITEM = "opt_state"
-TRAIN_ITEM = "train_state"  # step and RNG, as arrays
-DATA_ITEM = "data_state"  # the loader's JSON position
-
-
 class TrainCheckpoints:
     """orbax CheckpointManager over `workdir/checkpoints/<step>/`, saving asynchronously.
 
@@ -178,15 +186,8 @@ class TrainCheckpoints:
     def __init__(self, directory: str, keep: int, async_save: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
-        handlers = {
-            PARAMS_ITEM: ocp.StandardCheckpointHandler(),
-            OPT_ITEM: ocp.StandardCheckpointHandler(),
-            TRAIN_ITEM: ocp.StandardCheckpointHandler(),
-            DATA_ITEM: ocp.JsonCheckpointHandler(),
-            CONFIG_ITEM: ocp.JsonCheckpointHandler(),
-        }
         self.directory = directory
-        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=_item_handlers())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

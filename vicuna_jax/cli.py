@@ -11,7 +11,7 @@ class UserError(ValueError):
     """Bad input from the user (file, flag, config key): printed as one line, no traceback."""
 
 
-_CHATTY_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/grain/")
+_CHATTY_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/grain/", "/jax/_src/")
 
 
 class _QuietLibraries(logging.Filter):

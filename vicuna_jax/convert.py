@@ -372,7 +372,16 @@ def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_
 
 
 def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
+    """An HF model directory: a config.json that describes a model (not, say, a training config)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return True  # let load_hf report the broken file
+    return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
 
 
 def load_model(path: str, *, tokenizer: str | None = None, **options: Any):

@@ -214,7 +214,7 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  total_steps)
     if is_main:
         shutil.copyfile(tokenizer_path, os.path.join(workdir, ckpt_lib.TOKENIZER_FILE))
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with open(os.path.join(workdir, "train_config.json"), "w") as f:
             json.dump(c.to_dict(), f, indent=2, default=str)
 
     # ------------------------------------------------------------------ Model

@@ -60,3 +60,10 @@ def test_trained_export_matches_checkpoint_and_chat_template(prepared, hf_base, 
     ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert list(ids) == encode_prompt(messages, load_tokenizer(bundled_tokenizer_path()))
+    # The workdir itself is a model for generate/chat/eval (its train_config.json is not an HF config).
+    from vicuna_jax.generate import SamplingParams, load_generator
+
+    gen = load_generator(workdir)
+    from_workdir = gen.generate_ids([ids], SamplingParams(max_new_tokens=5))[0]
+    from_export = load_generator(summary["hf_dir"]).generate_ids([ids], SamplingParams(max_new_tokens=5))[0]
+    assert len(from_workdir) == 5 and from_workdir == from_export
