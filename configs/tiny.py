@@ -19,8 +19,8 @@ def get_config():
     c.optimizer.weight_decay = 0.01
     c.dtype = "float32"  # CPUs have no fast bf16 matmul
     c.remat_policy = "none"
-    c.scan_layers = True
-    c.loss_chunk_size = 0
+    c.scan_layers = False  # on CPU a Python loop over 4 layers runs ~10% faster than lax.scan
+    c.loss_chunk_size = 128  # the fused loss skips LM-head work on chunks without targets
     c.checkpoint_every = 50
     c.eval_every = 50
     c.log_every = 10

@@ -1,10 +1,11 @@
 """Data pipeline benchmark: prepare throughput, packing efficiency, loader throughput. Prints one table.
 
-Synthetic ShareGPT-like data (deterministic): exchanges per conversation Geometric(p=0.35) >= 1, capped at 16
-(mean ~2.8); user messages LogNormal(median 40 words, sigma 1.0); assistant replies LogNormal(median 180
-words, sigma 0.8), a third of them with a fenced code block; `--html_fraction` of replies stored as ShareGPT
-HTML (the cleaner converts them). About 1,300 LLaMA tokens per conversation on average, with a long tail
-that the splitter cuts at --max_length.
+Synthetic ShareGPT-like data (deterministic; `vicuna_jax.bench.sharegpt`): exchanges per conversation
+Geometric(p=0.35) >= 1, capped at 16 (mean ~2.8); user messages LogNormal(median 40 words, sigma 1.0);
+assistant replies LogNormal(median 180 words, sigma 0.8), a third of them with a fenced code block;
+`--html_fraction` of replies stored as ShareGPT HTML (the cleaner converts them). About 1,300 LLaMA tokens
+per conversation on average, with a long tail that the splitter cuts at --max_length. Training-step
+throughput on packed vs padded batches: `python scripts/bench_train.py --sections=packing`.
 
     python scripts/bench_data.py [--num_conversations=3000] [--tokenizer=PATH] [--seq_len=2048]
 
@@ -26,6 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from vicuna_jax.bench.sharegpt import synthetic_sharegpt  # noqa: E402  (the generator lives in the package)
 from vicuna_jax.data.clean import Cleaner  # noqa: E402
 from vicuna_jax.data.formats import RawRecord  # noqa: E402
 from vicuna_jax.data.loader import make_train_iterator  # noqa: E402
@@ -33,57 +35,6 @@ from vicuna_jax.data.pack import plan_efficiency, plan_rows, slots_needed  # noq
 from vicuna_jax.data.prepare import prepare_dataset  # noqa: E402
 from vicuna_jax.data.split import split_and_encode  # noqa: E402
 from vicuna_jax.data.tokenizer import bundled_tokenizer_path, load_tokenizer  # noqa: E402
-
-WORDS = (
-    "the of and to a in is it you that he was for on are with as I his they be at one have this from "
-    "or had by word but what some we can out other were all there when up use your how said an each "
-    "she which do their time if will way about many then them write would like so these her long "
-    "make thing see him two has look more day could go come did number sound no most people my over "
-    "know water than call first who may down side been now find any new work part take get place "
-    "made live where after back little only round man year came show every good me give our under "
-    "name very through just form sentence great think say help low line differ turn cause much mean "
-    "before move right boy old too same tell does set three want air well also play small end put "
-    "home read hand port large spell add even land here must big high such follow act why ask "
-    "function variable return value model data training network gradient loss batch tensor memory "
-    "compute"
-).split()
-CODE = (
-    "def {n}(x, y):\n    total = x + y  # {w}\n    for i in range(10):\n        total += i * {k}\n"
-    "    return total"
-)
-
-
-def _text(rng: np.random.Generator, n_words: int) -> str:
-    words = rng.choice(WORDS, size=max(1, n_words))
-    out, line = [], []
-    for k, w in enumerate(words):
-        line.append(w)
-        if rng.random() < 0.07:
-            out.append(" ".join(line) + rng.choice([".", "?", "!", ",", ":"]))
-            line = []
-            if rng.random() < 0.2 and k:
-                out.append("\n\n")
-    out.append(" ".join(line) + ".")
-    return " ".join(out).replace(" \n\n ", "\n\n").capitalize()
-
-
-def synthetic_sharegpt(n: int, seed: int = 0, html_fraction: float = 0.0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(n):
-        turns = []
-        for _ in range(min(16, int(rng.geometric(0.35)))):
-            q = _text(rng, int(rng.lognormal(np.log(40), 1.0)))
-            a = _text(rng, int(rng.lognormal(np.log(180), 0.8)))
-            if rng.random() < 0.33:
-                code = CODE.format(n=f"f{rng.integers(100)}", w=rng.choice(WORDS), k=rng.integers(9))
-                a += f"\n\n```python\n{code}\n```"
-            if rng.random() < html_fraction:
-                body = "".join(f"<p>{p}</p>" for p in a.split("\n\n") if not p.startswith("```"))
-                a = f'<div class="markdown prose w-full break-words">{body}</div>'
-            turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
-        records.append({"id": f"syn{i}", "conversations": turns})
-    return records
 
 
 def timed(fn):

@@ -68,36 +68,14 @@ def cross_entropy_sums(model: Any, h_BxTxE: jax.Array, targets_BxT: jax.Array, w
                        chunk: int = 0) -> jax.Array:
     """Sum over tokens of weight * (-log p(target)), with fp32 log-softmax.
 
-    chunk > 0 computes the LM head and softmax `chunk` positions at a time under `jax.checkpoint`, so the
-    full `[B, T, V]` fp32 logits never exist at once (large vocabularies, long sequences).
+    Fused with the LM head (`vicuna_jax.cross_entropy`): the gradient is formed in the forward pass, chunk by
+    chunk, only for positions with a nonzero weight; neither the full `[B, T, V]` fp32 logits nor a
+    scatter-built gradient of them is ever stored. chunk > 0 bounds the logits alive at once to
+    `[B, chunk, V]` and lets the loop skip chunks without targets (0 = whole rows at once).
     """
-    def token_losses(h, t):
-        logits = model.logits(h)  # fp32
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return lse - target_logit
+    from vicuna_jax.cross_entropy import linear_cross_entropy, lm_head_kernel
 
-    t = h_BxTxE.shape[1]
-    if chunk <= 0 or chunk >= t:
-        return jnp.sum(token_losses(h_BxTxE, targets_BxT) * weights_BxT)
-    pad = (-t) % chunk
-    if pad:
-        h_BxTxE = jnp.pad(h_BxTxE, ((0, 0), (0, pad), (0, 0)))
-        targets_BxT = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
-        weights_BxT = jnp.pad(weights_BxT, ((0, 0), (0, pad)))
-    n = h_BxTxE.shape[1] // chunk
-    b = h_BxTxE.shape[0]
-    h_NxBxCxE = h_BxTxE.reshape(b, n, chunk, -1).swapaxes(0, 1)
-    t_NxBxC = targets_BxT.reshape(b, n, chunk).swapaxes(0, 1)
-    w_NxBxC = weights_BxT.reshape(b, n, chunk).swapaxes(0, 1)
-
-    @jax.checkpoint
-    def body(total, xs):
-        h, tg, w = xs
-        return total + jnp.sum(token_losses(h, tg) * w), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_NxBxCxE, t_NxBxC, w_NxBxC))
-    return total
+    return linear_cross_entropy(h_BxTxE, lm_head_kernel(model), targets_BxT, weights_BxT, chunk, model.dtype)
 
 
 def loss_sums(params: Any, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],

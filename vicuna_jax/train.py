@@ -290,8 +290,10 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start_step >= total_steps:
         logging.info("already trained %d of %d steps", start_step, total_steps)
 
+    data_state = train_iter.get_state()  # the loader position after the last batch trained on
+
     def save(step: int) -> None:
-        manager.save(step, state, train_iter.get_state(), cfg)
+        manager.save(step, state, data_state, cfg)
 
     def run_eval(step: int) -> float | None:
         if "validation" not in train_iter.dataset.splits:
@@ -316,11 +318,15 @@ def train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         with jax.set_mesh(mesh), _StopSignal() as stop:
             step = start_step
             t_last = time.perf_counter()
+            batch = _global_batch(next(train_iter), batch_sh) if step < total_steps else None
             while step < total_steps:
-                local = next(train_iter)
-                batch = _global_batch(local, batch_sh)
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch)  # dispatched asynchronously
                 step += 1
+                data_state = train_iter.get_state()  # checkpoints resume after this step's batch
+                if step < total_steps:
+                    # Read, assemble and transfer the next batch while this step runs: the host work and
+                    # the host-to-device copy no longer sit between two steps (the finite check below waits).
+                    batch = _global_batch(next(train_iter), batch_sh)
                 slots = float(c.batch_size * c.seq_len)
                 now = time.perf_counter()
                 if pending is not None:

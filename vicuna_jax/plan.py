@@ -1,0 +1,344 @@
+"""Memory planner: will this training config fit, per device, before renting anything?
+
+    python -m vicuna_jax.plan --config=configs/vicuna_13b.py --devices=8 [--hbm_gb=80] [--config.mesh.fsdp=8]
+        [--config.batch_size=32 --config.remat_policy=nothing_saveable ...] [--policies=none,full,...]
+
+It builds the training step exactly as `train.py` does (mesh, logical-axis shardings, AdamW, donation), but
+from `jax.ShapeDtypeStruct`s carrying those shardings: no weights are allocated and no data is read. The step
+is lowered and compiled ahead of time, on `--devices` simulated host devices when this machine has fewer
+(the planner sets `--xla_force_host_platform_device_count` itself before JAX starts), and
+`compiled.memory_analysis()` gives one device's arguments (parameters, optimizer state, batch), outputs
+(aliased to the arguments by donation), temporaries (gradients, activations, logits, optimizer scratch) and
+generated code. Next to it: analytic estimates of the same parts, activations per remat policy included.
+
+What the numbers mean. Arguments and outputs are exact for any backend: they are the state's shard sizes.
+Temporaries come from XLA's buffer assignment *for the backend that compiled it*: compiled on CPU, they
+reflect XLA:CPU's fusion and scheduling, and the `xla` attention backend (which materialises [B, H, T, T]
+scores; cuDNN/Pallas flash kernels keep O(T) per row instead). On a GPU or TPU host the planner compiles for
+that backend and the figure is the real one. Treat CPU-compiled temporaries as an upper-bound-ish guide and
+the analytic activation column as the flash-attention estimate; leave headroom for the runtime (JAX
+preallocates 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: see --usable_fraction).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from vicuna_jax.cli import UserError
+
+GIB = 2**30
+
+
+def set_device_env(devices: int | None, platform: str | None) -> None:
+    """Before JAX starts its backends: N simulated host devices and/or a forced platform."""
+    if devices:
+        flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+        os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    if platform:
+        os.environ["JAX_PLATFORMS"] = platform
+
+
+def _early_env(argv: list[str]) -> None:
+    """`--devices`/`--platform` act before absl parses flags: loading the config file imports JAX."""
+    values: dict[str, str] = {}
+    for i, arg in enumerate(argv):
+        for name in ("devices", "platform"):
+            if arg.startswith(f"--{name}="):
+                values[name] = arg.split("=", 1)[1]
+            elif arg == f"--{name}" and i + 1 < len(argv):
+                values[name] = argv[i + 1]
+    devices = int(values["devices"]) if values.get("devices", "").isdigit() else None
+    set_device_env(devices, values.get("platform"))
+
+
+def _shard_bytes(abstract: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (device 0's shard)."""
+    total = 0
+    for leaf in _leaves(abstract):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return total
+
+
+def _leaves(tree: Any) -> list[Any]:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def build(c: Any, num_devices: int | None = None, remat_policy: str | None = None) -> dict[str, Any]:
+    """The abstract training setup of `train.py` for config `c`: mesh, model config, sharded abstract state
+    and batch, and the jitted step (nothing allocated)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from vicuna_jax import parallel, train, train_config
+    from vicuna_jax import step as step_lib
+    from vicuna_jax.model.llama import abstract_model, model_params
+
+    num_devices = num_devices or jax.device_count()
+    if num_devices > jax.device_count():
+        raise UserError(f"--devices={num_devices} but JAX already started with {jax.device_count()} devices; "
+                        "run the planner in a fresh process (it sets the simulated device count itself)")
+    c = copy.deepcopy(c)
+    # Planning reads no data: check everything else, not whether the dataset/tokenizer paths exist here.
+    c.data.path, c.tokenizer = train_config.BUNDLED_DATA, ""
+    if remat_policy is not None:
+        c.remat_policy = remat_policy
+    cfg = train_config.validate(c, num_devices)
+    mesh = parallel.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices=jax.devices()[:num_devices])
+    options = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), scan_layers=c.scan_layers,
+                   remat_policy=c.remat_policy, attention_impl=c.attention)
+    abstract = abstract_model(cfg, **options)
+    abstract_params = model_params(abstract)
+    params_sh = train.param_shardings(abstract_params, mesh, abstract)
+    total_steps = c.total_steps if c.total_steps > 0 else 1000  # the schedule's length changes no shapes
+    opt = step_lib.OptimizerConfig(**c.optimizer.to_dict())
+    tx = step_lib.make_optimizer(opt, total_steps)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sh = train.opt_state_shardings(abstract_opt, params_sh, abstract_params, mesh)
+    replicated = NamedSharding(mesh, P())
+    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    batch_sh = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length")))
+    with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+    state = jax.tree.map(with_sharding, {
+        "params": abstract_params, "opt_state": abstract_opt, "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}, state_sh)
+    rows = (c.batch_size, c.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(rows, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=batch_sh)
+             for k in step_lib.BATCH_KEYS}
+    schedule = step_lib.lr_schedule(opt, total_steps)
+    step_fn = step_lib.make_train_step(nnx.graphdef(abstract), tx, schedule, c.grad_accum_steps,
+                                       c.loss_chunk_size)
+    step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                   donate_argnums=(0,))
+    return {"config": c, "cfg": cfg, "mesh": mesh, "state": state, "batch": batch, "step": step, "tx": tx,
+            "state_shardings": state_sh, "batch_sharding": batch_sh, "options": options}
+
+
+def compile_step(setup: dict[str, Any], simulate: str | None = None) -> Any:
+    """Lowers and compiles the step from abstract shapes. `simulate="gpu"|"tpu"` traces attention through
+    that platform's Pallas flash kernel (interpreted on this host), so temporaries follow a flash kernel's
+    memory instead of the xla backend's [B, H, T, T] scores."""
+    import contextlib
+
+    import jax
+
+    from vicuna_jax.model import attention
+
+    ctx = attention.simulate_platform(simulate) if simulate else contextlib.nullcontext()
+    with ctx, jax.set_mesh(setup["mesh"]):
+        return setup["step"].lower(setup["state"], setup["batch"]).compile()
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+    """One device's memory from XLA's buffer assignment (arguments, outputs, aliasing, temporaries, code)."""
+    m = compiled.memory_analysis()
+    out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp",
+                                                               "generated_code")}
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["generated_code"]
+    return out
+
+
+def state_bytes(setup: dict[str, Any]) -> dict[str, int]:
+    """Exact per-device bytes of each part of the training state and of one batch."""
+    s = setup["state"]
+    return {"params": _shard_bytes(s["params"]), "opt_state": _shard_bytes(s["opt_state"]),
+            "step_rng": _shard_bytes({"step": s["step"], "rng": s["rng"]}),
+            "batch": _shard_bytes(setup["batch"])}
+
+
+# Saved activation elements per token per layer, by remat policy; see `activation_bytes`.
+def _saved_per_token(policy: str, e: float, hq: float, hkv: float, f: float) -> float:
+    everything = 2 * e + 2 * hq + 2 * hkv + 3 * f  # normed x (x2), roped q/k, v, attention out, gate, up, act
+    saved = {
+        "none": everything,
+        "everything_saveable": everything,
+        "dots_saveable": e + 2 * hq + 2 * hkv + 2 * e + 2 * f,
+        "checkpoint_dots": e + 2 * hq + 2 * hkv + 2 * e + 2 * f,
+        "dots_with_no_batch_dims_saveable": e + hq + 2 * hkv + 2 * e + 2 * f,
+        "checkpoint_dots_with_no_batch_dims": e + hq + 2 * hkv + 2 * e + 2 * f,
+        "save_qkv_proj": e + hq + 2 * hkv,
+        "save_qkv_attn": e + 2 * hq + 2 * hkv,
+        "save_attn_mlp": e + 2 * hq + 2 * hkv + 2 * f,
+    }
+    return saved.get(policy, e)  # full / nothing_saveable / save_layer_out / offload: the layer input only
+
+
+def activation_bytes(cfg: Any, policy: str, tokens: int, seq_len: int, dtype_bytes: int, tensor: int = 1,
+                     flash: bool = True) -> int:
+    """Estimated activation memory of one device's micro-batch (`tokens` = its rows x seq_len).
+
+    Saved for the backward pass: L layers x the policy's saved tensors, plus, under remat, the rest of one
+    layer's tensors while that layer is recomputed. Heads and MLP columns divide over `tensor`; the residual
+    stream does not. The fp32 RMSNorm inputs (2 x E) are always kept. Attention keeps probabilities [H, T]
+    per token in fp32 with the `xla` backend (flash kernels: a log-sum-exp, negligible)."""
+    e, f = cfg.hidden_size, cfg.intermediate_size / tensor
+    hq = cfg.num_heads * cfg.dim_per_head / tensor
+    hkv = cfg.num_kv_heads * cfg.dim_per_head / tensor
+    scores = 0.0 if flash else cfg.num_heads / tensor * seq_len * 4 / dtype_bytes
+    full_layer = _saved_per_token("none", e, hq, hkv, f) + scores + 2 * e * 4 / dtype_bytes
+    saved = _saved_per_token(policy, e, hq, hkv, f)
+    if policy in ("dots_saveable", "checkpoint_dots"):
+        saved += scores  # the q.k einsum is a dot with batch dims: its output is saved
+    if policy in ("none", "everything_saveable"):
+        per_token = cfg.num_layers * full_layer
+    else:  # the saved tensors of every layer, plus what one layer recomputes during its backward pass
+        per_token = cfg.num_layers * saved + max(full_layer - saved, 0.0)
+    return int(per_token * tokens * dtype_bytes)
+
+
+def analytic(setup: dict[str, Any], policy: str | None = None, flash: bool = False) -> dict[str, int]:
+    """Analytic per-device estimate: exact state bytes plus estimated gradients, activations and logits."""
+    import jax.numpy as jnp
+
+    c, cfg, mesh = setup["config"], setup["cfg"], setup["mesh"]
+    parts = state_bytes(setup)
+    params = parts["params"]
+    param_bytes = jnp.dtype(c.param_dtype).itemsize
+    grads = params // param_bytes * 4  # gradients are accumulated and applied in fp32
+    if c.grad_accum_steps > 1:
+        grads *= 2  # the running sum plus one micro-batch's gradients
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = c.batch_size // c.grad_accum_steps // batch_shards
+    dtype_bytes = jnp.dtype(c.dtype).itemsize
+    acts = activation_bytes(cfg, policy or c.remat_policy, rows * c.seq_len, c.seq_len, dtype_bytes,
+                            mesh.shape["tensor"], flash)
+    positions = c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len
+    logits = 3 * rows * positions * cfg.vocab_size * 4 // mesh.shape["tensor"]  # logits, exp, their gradient
+    out = {"params": params, "grads": grads, "opt_state": parts["opt_state"], "activations": acts,
+           "logits": logits, "batch": parts["batch"]}
+    out["total"] = sum(out.values())
+    return out
+
+
+def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fraction: float = 0.9,
+         policies: list[str] | None = None, simulate: str | None = None) -> dict[str, Any]:
+    """Compiles the step for `c` (and for each remat policy in `policies`) and returns the report."""
+    import jax
+
+    if simulate:
+        c = copy.deepcopy(c)
+        c.attention = "pallas"
+    setup = build(c, devices)
+    compiled = compile_step(setup, simulate)
+    memory = compiled_memory(compiled)
+    platform = simulate or jax.devices()[0].platform
+    flash = setup["config"].attention in ("cudnn", "pallas") or (
+        setup["config"].attention == "auto" and platform in ("gpu", "tpu"))
+    estimate = analytic(setup, flash=flash)
+    budget = hbm_gb * GIB * usable_fraction
+    cfg, mesh = setup["cfg"], setup["mesh"]
+    report: dict[str, Any] = {
+        "model": cfg.to_dict(), "num_params": cfg.num_params(), "devices": int(mesh.size),
+        "platform": jax.devices()[0].platform, "simulate": simulate, "flash_attention": flash,
+        "mesh": dict(mesh.shape), "batch_size": c.batch_size,
+        "seq_len": c.seq_len, "grad_accum_steps": c.grad_accum_steps, "dtype": c.dtype,
+        "param_dtype": c.param_dtype, "remat_policy": c.remat_policy, "attention": setup["config"].attention,
+        "loss_chunk_size": c.loss_chunk_size, "compiled": memory, "state": state_bytes(setup),
+        "analytic": estimate, "hbm_gb": hbm_gb, "usable_fraction": usable_fraction,
+        "fits": memory["total"] <= budget, "fits_analytic": estimate["total"] <= budget,
+    }
+    report["policies"] = {}
+    for policy in policies or []:
+        entry = {"analytic_activations": analytic(setup, policy, flash)["activations"]}
+        other = compile_step(build(c, devices, policy), simulate) if policy != c.remat_policy else compiled
+        entry["compiled"] = compiled_memory(other)
+        entry["fits"] = entry["compiled"]["total"] <= budget
+        report["policies"][policy] = entry
+    return report
+
+
+def _gb(n: float) -> str:
+    return f"{n / GIB:8.2f}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    m, a = r["compiled"], r["analytic"]
+    budget = r["hbm_gb"] * r["usable_fraction"]
+    where = f"{r['devices']} {r['platform']} device(s)" + (
+        f", attention as the {r['simulate']} Pallas kernel (interpreted)" if r["simulate"] else "")
+    lines = [
+        f"model {r['num_params'] / 1e9:.2f}B params on {where}, mesh {r['mesh']}; "
+        f"batch {r['batch_size']} x {r['seq_len']} (accum {r['grad_accum_steps']}), {r['dtype']} compute, "
+        f"{r['param_dtype']} params, remat={r['remat_policy']}, attention={r['attention']}, "
+        f"loss_chunk={r['loss_chunk_size']}",
+        "",
+        "per device (GiB)           compiled     analytic",
+        f"  parameters               {_gb(r['state']['params'])}     {_gb(a['params'])}",
+        f"  optimizer state          {_gb(r['state']['opt_state'])}     {_gb(a['opt_state'])}",
+        f"  batch                    {_gb(r['state']['batch'])}     {_gb(a['batch'])}",
+        f"  arguments (all of these) {_gb(m['argument'])}",
+        f"  outputs                  {_gb(m['output'])}",
+        f"  aliased (donated)        {_gb(m['alias'])}",
+        f"  temporaries              {_gb(m['temp'])}     {_gb(a['grads'] + a['activations'] + a['logits'])}"
+        f"  (grads {a['grads'] / GIB:.2f} + activations {a['activations'] / GIB:.2f} + logits "
+        f"{a['logits'] / GIB:.2f})",
+        f"  generated code           {_gb(m['generated_code'])}",
+        f"  total                    {_gb(m['total'])}     {_gb(a['total'])}",
+        "",
+        f"fits in {r['hbm_gb']:g} GB x {r['usable_fraction']:g} usable = {budget:.1f} GB per device: "
+        f"{'yes' if r['fits'] else 'NO'} (compiled), {'yes' if r['fits_analytic'] else 'NO'} (analytic)",
+    ]
+    if r["policies"]:
+        lines += ["", "remat policy                          activations (analytic)   compiled temps   "
+                      "compiled total   fits"]
+        for name, p in r["policies"].items():
+            lines.append(f"  {name:36s} {_gb(p['analytic_activations'])} GiB        "
+                         f"{_gb(p['compiled']['temp'])} GiB     {_gb(p['compiled']['total'])} GiB   "
+                         f"{'yes' if p['fits'] else 'NO'}")
+    lines.append(f"Analytic activations assume {'flash' if r['flash_attention'] else 'xla'} attention.")
+    if r["platform"] == "cpu":
+        scores = ("a Pallas flash kernel run in interpret mode" if r["simulate"] else
+                  "the xla attention backend ([B, H, T, T] scores; try --simulate=gpu)")
+        lines += ["", f"Compiled on CPU: temporaries follow XLA:CPU's fusion and buffer assignment and "
+                      f"{scores}; XLA:CPU also computes bf16 elementwise ops in fp32. A GPU/TPU compile "
+                      "fuses more and usually needs less. Arguments and outputs are exact for any backend."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    policies = [p for p in f.policies.split(",") if p]
+    report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None)
+    print(format_report(report))
+    if f.json:
+        with open(f.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
+    flags.DEFINE_integer("devices", None, "Devices to plan for (simulated on CPU); default: all visible.")
+    flags.DEFINE_string("platform", None, "Force a JAX platform (e.g. cpu) before JAX starts.")
+    flags.DEFINE_float("hbm_gb", 80.0, "Memory per device, GB (H100/A100-80G: 80; H200: 141; v5p: 95).")
+    flags.DEFINE_float("usable_fraction", 0.9, "Share of it the program may use (runtime, fragmentation; "
+                       "JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 by default on GPU).")
+    flags.DEFINE_enum("simulate", "", ["", "gpu", "tpu"], "Trace attention as that platform's Pallas flash "
+                      "kernel (interpreted here), for temporaries closer to a GPU/TPU run.")
+    flags.DEFINE_string("policies", "", "Comma list of remat policies to compile and compare as well.")
+    flags.DEFINE_string("json", "", "Also write the report as JSON here.")
+    flags.mark_flags_as_required(["config"])
+
+
+if __name__ == "__main__":
+    from vicuna_jax.cli import run
+
+    _early_env(sys.argv)
+    run(main, _define_flags)
