@@ -49,3 +49,18 @@ def test_cli_bad_value_fails_before_compiling(prepared, tmp_path):
     assert "Traceback" not in proc.stderr
     unknown = run_cli(prepared, str(tmp_path / "w"), devices=1, **{"no_such_key": 1})
     assert unknown.returncode != 0 and "no_such_key" in unknown.stderr
+
+
+@pytest.mark.parametrize("name", ["tiny", "vicuna_7b", "vicuna_13b", "vicuna_v15_7b"])
+def test_shipped_configs_validate(name):
+    import importlib.util
+    import os
+
+    from train_utils import REPO
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for devices in (1, 8):
+        cfg = validate(module.get_config(), num_devices=devices)
+        assert cfg.num_params() > 0
