@@ -339,16 +339,11 @@ def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
     }
 
 
-def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
-                       model_max_length: int = 2048) -> None:
-    """tokenizer.model + tokenizer_config.json (+ special_tokens_map.json) with our chat template."""
-    from vicuna_jax.data.template import get_template
-
-    source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
-    if not os.path.isfile(source):
-        raise ConvertError(f"no tokenizer.model at {tokenizer}")
-    shutil.copyfile(source, os.path.join(out_dir, "tokenizer.model"))
-    config = {
+def hf_tokenizer_config(chat_template: str | None = None, model_max_length: int = 2048) -> dict[str, Any]:
+    """tokenizer_config.json for a LLaMA sentencepiece model. transformers 5 needs it next to
+    tokenizer.model (`LlamaTokenizer(vocab_file=...)` alone gives an empty tokenizer); legacy mode matches
+    how FastChat tokenized its training data."""
+    config: dict[str, Any] = {
         "tokenizer_class": "LlamaTokenizer",
         "add_bos_token": True,
         "add_eos_token": False,
@@ -360,8 +355,22 @@ def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_
         "model_max_length": model_max_length,
         "padding_side": "right",
         "clean_up_tokenization_spaces": False,
-        "chat_template": get_template(template).hf_chat_template(bos=True),
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config
+
+
+def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
+                       model_max_length: int = 2048) -> None:
+    """tokenizer.model + tokenizer_config.json (+ special_tokens_map.json) with our chat template."""
+    from vicuna_jax.data.template import get_template
+
+    source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
+    if not os.path.isfile(source):
+        raise ConvertError(f"no tokenizer.model at {tokenizer}")
+    shutil.copyfile(source, os.path.join(out_dir, "tokenizer.model"))
+    config = hf_tokenizer_config(get_template(template).hf_chat_template(bos=True), model_max_length)
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:

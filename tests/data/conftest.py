@@ -37,17 +37,9 @@ def write_hf_dir(directory: str, model_path: str, chat_template: str | None = No
     os.makedirs(directory, exist_ok=True)
     with open(model_path, "rb") as src, open(os.path.join(directory, "tokenizer.model"), "wb") as dst:
         dst.write(src.read())
-    config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "legacy": True,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-    }
-    if chat_template is not None:
-        config["chat_template"] = chat_template
+    from vicuna_jax.convert import hf_tokenizer_config
+
+    config = hf_tokenizer_config(chat_template)
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump(config, f)
     return directory
