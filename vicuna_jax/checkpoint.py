@@ -17,7 +17,6 @@ import shutil
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from vicuna_jax.cli import UserError
@@ -167,10 +166,6 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
             out.extend(_flatten(v, f"{prefix}{k}."))
         return out
     return [(prefix[:-1], tree)]
-
-
-def to_numpy_tree(params: Any) -> Any:
-    return jax.tree.map(np.asarray, params)
 
 
 # ---------------------------------------------------------------- training checkpoints

@@ -112,8 +112,3 @@ def _truncate_after(path: str, step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
     os.replace(tmp, path)
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
@@ -218,7 +217,3 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
     if c.tokenizer and not os.path.exists(c.tokenizer):
         _fail("tokenizer", f"{c.tokenizer} does not exist")
     return cfg
-
-
-def jnp_dtype(name: str):
-    return jnp.dtype(name)
