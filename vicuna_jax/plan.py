@@ -83,6 +83,7 @@ def build(c: Any, num_devices: int | None = None, remat_policy: str | None = Non
 
     from vicuna_jax import parallel, train, train_config
     from vicuna_jax import step as step_lib
+    from vicuna_jax.data.pack import BATCH_KEYS
     from vicuna_jax.model.llama import abstract_model, model_params
 
     num_devices = num_devices or jax.device_count()
@@ -115,7 +116,7 @@ def build(c: Any, num_devices: int | None = None, remat_policy: str | None = Non
         "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}, state_sh)
     rows = (c.batch_size, c.seq_len)
     batch = {k: jax.ShapeDtypeStruct(rows, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=batch_sh)
-             for k in step_lib.BATCH_KEYS}
+             for k in BATCH_KEYS}
     schedule = step_lib.lr_schedule(opt, total_steps)
     step_fn = step_lib.make_train_step(nnx.graphdef(abstract), tx, schedule, c.grad_accum_steps,
                                        c.loss_chunk_size)

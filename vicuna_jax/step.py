@@ -21,8 +21,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-BATCH_KEYS = ("input_tokens", "target_tokens", "loss_mask", "segment_ids", "positions")
-
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:

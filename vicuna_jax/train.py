@@ -31,6 +31,7 @@ from vicuna_jax import parallel, train_config
 from vicuna_jax import step as step_lib
 from vicuna_jax.cli import UserError
 from vicuna_jax.config import LlamaConfig
+from vicuna_jax.data.pack import BATCH_KEYS
 from vicuna_jax.metrics import MetricsWriter, flops_per_token, peak_flops
 from vicuna_jax.model.llama import abstract_model, build_model, model_params
 
@@ -180,7 +181,7 @@ def opt_state_shardings(abstract_opt: Any, params_sh: Any, abstract_params: Any,
 
 def _global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
-            if k in step_lib.BATCH_KEYS}
+            if k in BATCH_KEYS}
 
 
 def train(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

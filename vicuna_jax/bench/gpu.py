@@ -47,6 +47,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     from vicuna_jax import step as step_lib
     from vicuna_jax.bench.sharegpt import encoded_conversations, make_batches
     from vicuna_jax.config import LlamaConfig
+    from vicuna_jax.data.pack import BATCH_KEYS
     from vicuna_jax.metrics import flops_per_token, peak_flops
     from vicuna_jax.model import attention
     from vicuna_jax.model.llama import abstract_model, build_model, model_params
@@ -84,7 +85,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         params = jax.jit(lambda: model_params(build_model(cfg, seed=0, **options)), out_shardings=params_sh)()
         state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
                  "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
-        device_batches = [{k: jax.device_put(v, batch_sh) for k, v in b.items() if k in step_lib.BATCH_KEYS}
+        device_batches = [{k: jax.device_put(v, batch_sh) for k, v in b.items() if k in BATCH_KEYS}
                           for b in batches[:4]]
         with jax.set_mesh(mesh):
             start = time.perf_counter()

@@ -78,6 +78,7 @@ class JaxSide:
         from vicuna_jax import parallel, train
         from vicuna_jax import step as step_lib
         from vicuna_jax.config import LlamaConfig
+        from vicuna_jax.data.pack import BATCH_KEYS
         from vicuna_jax.model.llama import abstract_model, build_model, model_params
 
         self.jax = jax
@@ -109,7 +110,7 @@ class JaxSide:
         self.state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
                       "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
         paths = spec["batch"] if isinstance(spec["batch"], list) else [spec["batch"]]
-        self.batches = [{k: v for k, v in load_batch(p).items() if k in step_lib.BATCH_KEYS} for p in paths]
+        self.batches = [{k: v for k, v in load_batch(p).items() if k in BATCH_KEYS} for p in paths]
         self.mesh = mesh
         self.info = {"num_params": int(sum(x.size for x in jax.tree.leaves(params))),
                      "jax": jax.__version__, "device": jax.devices()[0].device_kind,
