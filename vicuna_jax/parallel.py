@@ -55,26 +55,34 @@ def logical_to_spec(axes: Sequence[str | None] | None,
     return PartitionSpec(*out)
 
 
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """The (data, fsdp, tensor) sizes using exactly `num_devices`; -1 for one axis = the remaining devices.
+
+    Errors start with the config key they concern (`mesh.fsdp: ...`, `mesh: ...`).
+    """
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    for axis, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+            raise ValueError(f"mesh.{axis}: must be a positive integer or -1, got {size!r}")
+    if sum(s == -1 for s in sizes.values()) > 1:
+        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if num_devices % fixed:
+        raise ValueError(f"mesh: data*fsdp*tensor = {fixed} does not divide the {num_devices} devices")
+    resolved = tuple(num_devices // fixed if s == -1 else s for s in sizes.values())
+    if int(np.prod(resolved)) != num_devices:
+        raise ValueError(f"mesh: data={resolved[0]} x fsdp={resolved[1]} x tensor={resolved[2]} must use all "
+                         f"{num_devices} devices")
+    return resolved  # type: ignore[return-value]
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axis types; -1 for one axis means 'all remaining devices'."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
-    if sum(s == -1 for s in sizes) > 1:
-        raise ValueError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh sizes must be positive or -1, got data={data} fsdp={fsdp} tensor={tensor}")
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices are not divisible by data*fsdp*tensor={known}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    total = int(np.prod(sizes))
-    if total != len(devices):
-        raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {total} devices, "
-                         f"but {len(devices)} are available")
     auto = (jax.sharding.AxisType.Auto,) * 3
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+    return jax.make_mesh(mesh_shape(data, fsdp, tensor, len(devices)), MESH_AXES, axis_types=auto,
+                         devices=devices)
 
 
 def current_mesh() -> jax.sharding.AbstractMesh | None:

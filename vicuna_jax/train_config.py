@@ -15,6 +15,7 @@ from ml_collections import config_dict
 from vicuna_jax.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.attention import BACKENDS
 from vicuna_jax.model.llama import REMAT_POLICIES
+from vicuna_jax.parallel import mesh_shape
 
 BUNDLED_DATA = "bundled"
 _FIELD_TYPES = {"rope_theta": float, "rope_scaling_factor": float, "rms_norm_eps": float,
@@ -186,31 +187,18 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
         if opt[key] < 0:
             _fail(f"optimizer.{key}", f"must be >= 0, got {opt[key]}")
 
-    sizes = {k: c.mesh[k] for k in ("data", "fsdp", "tensor")}
-    for k, v in sizes.items():
-        if not isinstance(v, int) or (v < 1 and v != -1):
-            _fail(f"mesh.{k}", f"must be a positive integer or -1, got {v!r}")
-    if sum(v == -1 for v in sizes.values()) > 1:
-        _fail("mesh", "at most one of data, fsdp, tensor may be -1")
-    fixed = 1
-    for v in sizes.values():
-        fixed *= v if v != -1 else 1
-    if num_devices % fixed:
-        _fail("mesh", f"data*fsdp*tensor = {fixed} does not divide the {num_devices} devices")
-    for k, v in sizes.items():
-        if v == -1:
-            sizes[k] = num_devices // fixed
-    if sizes["data"] * sizes["fsdp"] * sizes["tensor"] != num_devices:
-        _fail("mesh", f"data={sizes['data']} x fsdp={sizes['fsdp']} x tensor={sizes['tensor']} must use all "
-                      f"{num_devices} devices")
-    batch_shards = sizes["data"] * sizes["fsdp"]
+    try:
+        data, fsdp, tensor = mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
+    batch_shards = data * fsdp
     if c.batch_size % c.grad_accum_steps:
         _fail("grad_accum_steps", f"{c.grad_accum_steps} does not divide batch_size {c.batch_size}")
     if (c.batch_size // c.grad_accum_steps) % batch_shards:
         _fail("batch_size", f"each micro-batch ({c.batch_size // c.grad_accum_steps} rows) must divide "
                             f"evenly over mesh.data*mesh.fsdp = {batch_shards} devices")
-    if cfg.num_heads % sizes["tensor"] or cfg.num_kv_heads % sizes["tensor"]:
-        _fail("mesh.tensor", f"{sizes['tensor']} must divide num_heads ({cfg.num_heads}) and num_kv_heads "
+    if cfg.num_heads % tensor or cfg.num_kv_heads % tensor:
+        _fail("mesh.tensor", f"{tensor} must divide num_heads ({cfg.num_heads}) and num_kv_heads "
                              f"({cfg.num_kv_heads})")
     if c.data.path != BUNDLED_DATA and not os.path.exists(c.data.path):
         _fail("data.path", f"{c.data.path} does not exist")

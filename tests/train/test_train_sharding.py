@@ -26,6 +26,8 @@ def test_eight_devices_match_one_device(prepared, tmp_path):
 
 @pytest.mark.parametrize("overrides, key", [
     ({"mesh.fsdp": 3}, "config.mesh"),
+    ({"mesh.fsdp": -1, "mesh.data": -1}, "config.mesh: at most one"),
+    ({"mesh.tensor": 0}, "config.mesh.tensor"),
     ({"seq_len": 5000}, "config.seq_len"),
     ({"remat_policy": "bogus"}, "config.remat_policy"),
     ({"optimizer.learning_rate": -1.0}, "config.optimizer.learning_rate"),
