@@ -22,7 +22,7 @@ from collections import Counter
 
 from vicuna_jax.data.clean import CleanConfig, Cleaner, add_clean_flags, config_from_flags
 from vicuna_jax.data.formats import read_records, write_jsonl
-from vicuna_jax.data.split import split_and_encode
+from vicuna_jax.data.split import add_encoding_flags, split_and_encode
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
 from vicuna_jax.data.template import get_template
 from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
@@ -174,14 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", required=True, help="raw ShareGPT JSON/JSONL (or OpenAI messages JSONL)")
     ap.add_argument("--output_dir", required=True)
-    ap.add_argument(
-        "--tokenizer", required=True, help="sentencepiece .model or a directory with tokenizer.model"
-    )
-    ap.add_argument("--max_length", type=int, default=2048)
-    ap.add_argument("--template", default="vicuna_v1.1")
+    add_encoding_flags(ap)
     ap.add_argument("--validation_fraction", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--long_exchange", choices=("truncate", "drop"), default="truncate")
     ap.add_argument("--force", action="store_true", help="rebuild even if the cached dataset matches")
     add_clean_flags(ap)
     args = ap.parse_args(argv)

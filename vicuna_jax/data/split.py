@@ -123,16 +123,21 @@ def _valid(raw) -> dict:
     return raw.value
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--input", required=True, help="cleaned JSONL (from vicuna_jax.data.clean)")
-    ap.add_argument("--output", required=True)
+def add_encoding_flags(ap: argparse.ArgumentParser) -> None:
+    """The flags split and prepare share: how conversations are tokenized, templated and cut to length."""
     ap.add_argument(
         "--tokenizer", required=True, help="sentencepiece .model or a directory with tokenizer.model"
     )
     ap.add_argument("--max_length", type=int, default=2048)
     ap.add_argument("--template", default="vicuna_v1.1")
     ap.add_argument("--long_exchange", choices=("truncate", "drop"), default="truncate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--input", required=True, help="cleaned JSONL (from vicuna_jax.data.clean)")
+    ap.add_argument("--output", required=True)
+    add_encoding_flags(ap)
     args = ap.parse_args(argv)
     tok = load_tokenizer(args.tokenizer)
     stats: Counter = Counter()
