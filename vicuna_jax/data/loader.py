@@ -89,27 +89,29 @@ class ChatBatchIterator:
         return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
 
     def epoch_rows(self, epoch: int) -> list[list[int]]:
-        """All rows of an epoch, in order (global: the same on every process)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.slots))
-        return plan_rows(order, self.slots, self.seq_len, self.packing, self.window, rng)
+        """All rows of an epoch, in order (global: the same on every process). The plan is a pure function of
+        (seed, epoch), so the last one is kept: the trainer asks for epoch 0's size, efficiency and rows."""
+        if self._plan_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.slots))
+            self._rows = plan_rows(order, self.slots, self.seq_len, self.packing, self.window, rng)
+            self._plan_epoch = epoch
+        return self._rows
 
     def batches_in_epoch(self, epoch: int) -> int:
         return len(self.epoch_rows(epoch)) // self.global_batch_size
 
     def _start(self) -> None:
         """(Re)build the grain pipeline from the current position."""
-        if self._plan_epoch != self.epoch:
-            self._rows = self.epoch_rows(self.epoch)
-            self._plan_epoch = self.epoch
-        n = len(self._rows) // self.global_batch_size
+        rows = self.epoch_rows(self.epoch)
+        n = len(rows) // self.global_batch_size
         if n == 0:
             raise ValueError(
-                f"split {self.split!r} packs into {len(self._rows)} rows, fewer than one global batch of "
+                f"split {self.split!r} packs into {len(rows)} rows, fewer than one global batch of "
                 f"{self.global_batch_size}; use a smaller batch or more data"
             )
         b, p = self.host_batch, self.process_index
-        local = [self._rows[j * self.global_batch_size + p * b : j * self.global_batch_size + (p + 1) * b]
+        local = [rows[j * self.global_batch_size + p * b : j * self.global_batch_size + (p + 1) * b]
                  for j in range(n)]  # fmt: skip
         ds = grain.MapDataset.source(local)[self.batch_in_epoch :].map(self._reader)
         self._it = iter(ds.to_iter_dataset(self._read_options))
