@@ -1,9 +1,66 @@
-"""Small filesystem helpers shared by writers that must never leave half-written output."""
+"""Filesystem helpers shared by every writer that must never leave half-written output.
+
+`atomic_open` / `atomic_write_text` / `atomic_write_json` write a file whole or not at all: the bytes go to
+a temporary file in the same directory, are flushed to disk, and the temporary file is renamed over the
+target. `replace_dir` does the same for a directory. Files get the mode an ordinary `open()` would give them
+(0666 less the umask), not mkstemp's 0600.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """`with atomic_open(path) as f:` writes `path` atomically; on an exception the target is untouched and
+    the temporary file is removed. `mode` is "w" (text) or "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, **dump_kwargs)
 
 
 def replace_dir(tmp: str, final: str) -> None:
