@@ -29,9 +29,9 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vicuna_jax.config import LlamaConfig  # noqa: E402
 from vicuna_jax.data import bundled_tokenizer_path, encode_prompt, load_tokenizer  # noqa: E402
 from vicuna_jax.generate import Generator, SamplingParams  # noqa: E402
+from vicuna_jax.model.config import LlamaConfig  # noqa: E402
 from vicuna_jax.model.llama import build_model  # noqa: E402
 from vicuna_jax.serve import Engine, ServeConfig, ServerThread, build_app  # noqa: E402
 from vicuna_jax.serve.batch import next_pow2  # noqa: E402

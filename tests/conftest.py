@@ -21,8 +21,8 @@ TINY_TEST_MODEL = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, n
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A vicuna_jax model checkpoint directory (random weights + the bundled tokenizer.model)."""
     from vicuna_jax import checkpoint
-    from vicuna_jax.config import LlamaConfig
     from vicuna_jax.data import bundled_tokenizer_path
+    from vicuna_jax.model.config import LlamaConfig
     from vicuna_jax.model.llama import build_model, model_params
 
     cfg = LlamaConfig(**TINY_TEST_MODEL)

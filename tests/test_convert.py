@@ -13,8 +13,9 @@ transformers = pytest.importorskip("transformers")
 from hf_models import hf_logits, make_hf_llama, save_hf_llama  # noqa: E402
 
 from vicuna_jax import checkpoint  # noqa: E402
-from vicuna_jax.config import ConfigError, LlamaConfig  # noqa: E402
-from vicuna_jax.convert import ConvertError, load_hf, load_model, save_hf  # noqa: E402
+from vicuna_jax.convert import ConvertError, load_hf, save_hf  # noqa: E402
+from vicuna_jax.model.config import ConfigError, LlamaConfig  # noqa: E402
+from vicuna_jax.model.load import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

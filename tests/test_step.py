@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from vicuna_jax.config import LlamaConfig
+from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import build_model, model_params
 from vicuna_jax.step import (
     OptimizerConfig,

@@ -20,8 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.config import LlamaConfig
 from vicuna_jax.fileio import replace_dir
+from vicuna_jax.model.config import LlamaConfig
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "model_config"

@@ -24,8 +24,8 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.config import ConfigError, LlamaConfig
 from vicuna_jax.fileio import replace_dir
+from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 # Our parameter path -> (HF name with {i} for the layer, transpose?). Layer entries are stacked on axis 0.
 _LAYER_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
@@ -378,39 +378,6 @@ def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_
 
 
 # ---------------------------------------------------------------- whole models and the CLI
-
-
-def is_hf_dir(path: str) -> bool:
-    """An HF model directory: a config.json that describes a model (not, say, a training config)."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return True  # let load_hf report the broken file
-    return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
-
-
-def load_model(path: str, *, tokenizer: str | None = None, **options: Any):
-    """Loads a model from an HF directory or any vicuna_jax checkpoint directory.
-
-    Returns (model, config, tokenizer_path or None). `options` go to the model (dtype, scan_layers, ...).
-    """
-    from vicuna_jax import checkpoint
-    from vicuna_jax.model.llama import model_from_params
-
-    path = os.path.abspath(os.fspath(path))
-    if is_hf_dir(path):
-        cfg, params = load_hf(path)
-        tok = os.path.join(path, "tokenizer.model")
-        found = tok if os.path.isfile(tok) else None
-    else:
-        cfg, params = checkpoint.load_params(path)
-        found = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))
-    model = model_from_params(cfg, params, **options)
-    return model, cfg, tokenizer or found
 
 
 def main(argv: list[str]) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.config import LlamaConfig
+from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import KVCache, Llama
 
 _PROMPT_BUCKET = 32
@@ -283,8 +283,8 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
 
 def load_generator(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
                    chunk: int = 16) -> Generator:
-    from vicuna_jax.convert import load_model
     from vicuna_jax.data import load_tokenizer
+    from vicuna_jax.model.load import load_model
 
     model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
     if tok_path is None:

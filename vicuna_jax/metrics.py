@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any
 
-from vicuna_jax.config import LlamaConfig
+from vicuna_jax.model.config import LlamaConfig
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets). fp32 compute on GPUs uses TF32 tensor cores.
 _PEAK_BF16 = {

@@ -30,9 +30,9 @@ from vicuna_jax import checkpoint as ckpt_lib
 from vicuna_jax import parallel, train_config
 from vicuna_jax import step as step_lib
 from vicuna_jax.cli import UserError
-from vicuna_jax.config import LlamaConfig
 from vicuna_jax.data.pack import BATCH_KEYS
 from vicuna_jax.metrics import MetricsWriter, flops_per_token, peak_flops
+from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import abstract_model, build_model, model_params
 
 

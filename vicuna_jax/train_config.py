@@ -12,8 +12,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from vicuna_jax.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.attention import BACKENDS
+from vicuna_jax.model.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.llama import REMAT_POLICIES
 from vicuna_jax.parallel import mesh_shape
 
@@ -25,7 +25,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # Model: a preset name (see vicuna_jax.config.PRESETS) with optional field overrides, or the
+    # Model: a preset name (see vicuna_jax.model.config.PRESETS) with optional field overrides, or the
     # architecture of `init_from_hf` when that is set.
     c.model = "tiny"
     # Any LlamaConfig field, e.g. --config.model_overrides.num_layers=2 (unset fields keep the preset's).

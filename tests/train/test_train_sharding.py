@@ -3,7 +3,7 @@
 import pytest
 from train_utils import config, losses, run_cli
 
-from vicuna_jax.config import ConfigError
+from vicuna_jax.model.config import ConfigError
 from vicuna_jax.train import train
 from vicuna_jax.train_config import validate
 

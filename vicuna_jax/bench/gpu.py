@@ -46,10 +46,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     from vicuna_jax import parallel, train
     from vicuna_jax import step as step_lib
     from vicuna_jax.bench.sharegpt import encoded_conversations, make_batches
-    from vicuna_jax.config import LlamaConfig
     from vicuna_jax.data.pack import BATCH_KEYS
     from vicuna_jax.metrics import flops_per_token, peak_flops
     from vicuna_jax.model import attention
+    from vicuna_jax.model.config import LlamaConfig
     from vicuna_jax.model.llama import abstract_model, build_model, model_params
 
     cfg = LlamaConfig(**spec["model"])
@@ -162,7 +162,7 @@ def main(argv: list[str]) -> None:
             rows.append(row)
             print(f"{backend:7s} {policy:34s} {row['status']}"
                   + (f"  {row['tokens_per_s']:,.0f} tok/s" if row["status"] == "ok" else ""), file=sys.stderr)
-    from vicuna_jax.config import LlamaConfig
+    from vicuna_jax.model.config import LlamaConfig
 
     device = next((r["device"] for r in rows if "device" in r), "?")
     cfg = LlamaConfig(**base["model"])

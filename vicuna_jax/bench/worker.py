@@ -77,8 +77,8 @@ class JaxSide:
 
         from vicuna_jax import parallel, train
         from vicuna_jax import step as step_lib
-        from vicuna_jax.config import LlamaConfig
         from vicuna_jax.data.pack import BATCH_KEYS
+        from vicuna_jax.model.config import LlamaConfig
         from vicuna_jax.model.llama import abstract_model, build_model, model_params
 
         self.jax = jax
@@ -181,7 +181,7 @@ class TorchSide:
         from transformers import LlamaConfig as HFConfig
         from transformers import LlamaForCausalLM
 
-        from vicuna_jax.config import LlamaConfig
+        from vicuna_jax.model.config import LlamaConfig
 
         self.torch = torch
         torch.set_num_threads(spec["threads"])

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from vicuna_jax.config import LlamaConfig
 from vicuna_jax.model import attention as attention_lib
+from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.parallel import shard_activation
 
 _INIT = nnx.initializers.normal(stddev=0.02)

@@ -18,8 +18,8 @@ def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "
                 decode_steps: int = 8, max_seq_len: int | None = None, max_waiting: int = 256,
                 max_prefill_tokens: int = 8192, warmup: bool = True) -> tuple[Engine, Any]:
     """Loads a checkpoint or HF directory into a started Engine; returns (engine, tokenizer)."""
-    from vicuna_jax.convert import load_model
     from vicuna_jax.data import load_tokenizer
+    from vicuna_jax.model.load import load_model
 
     model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
     if tok_path is None:
