@@ -3,7 +3,7 @@
     python -m vicuna_jax.train --config=configs/tiny.py --workdir=/tmp/vicuna_tiny
 """
 
-from vicuna_jax.train_config import base_config
+from vicuna_jax.train.config import base_config
 
 
 def get_config():

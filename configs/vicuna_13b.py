@@ -6,10 +6,10 @@
 On 8 x 80 GB GPUs: fp32 params + AdamW moments are 12 bytes/param = 156 GB (20 GB per device under FSDP),
 fp32 gradients 6.5 GB more per device, leaving room for the bf16 activations of 7 rows x 2048 tokens per
 device with full remat; if not, raise grad_accum_steps. Check before renting anything with
-`python -m vicuna_jax.plan --config=configs/vicuna_13b.py`.
+`python -m vicuna_jax.train.planner --config=configs/vicuna_13b.py`.
 """
 
-from vicuna_jax.train_config import vicuna_recipe
+from vicuna_jax.train.config import vicuna_recipe
 
 
 def get_config():

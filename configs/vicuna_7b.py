@@ -11,7 +11,7 @@ scripts/bench_data.py), close to FastChat's 128, with <1% of slots wasted instea
 exact batching use --config.data.packing=False --config.batch_size=128.
 """
 
-from vicuna_jax.train_config import vicuna_recipe
+from vicuna_jax.train.config import vicuna_recipe
 
 
 def get_config():

@@ -7,7 +7,7 @@ Rows are 4096 tokens: 32 packed rows hold about as many conversations as vicuna_
 tokens), and divide evenly over 8 or 16 devices.
 """
 
-from vicuna_jax.train_config import vicuna_recipe
+from vicuna_jax.train.config import vicuna_recipe
 
 
 def get_config():

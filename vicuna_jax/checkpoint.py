@@ -2,7 +2,8 @@
 
 Every checkpoint directory this project writes is an orbax Composite with at least two items:
 `params` (the model's parameters as a nested dict, stacked layers) and `model_config` (LlamaConfig as JSON).
-Training checkpoints (`workdir/checkpoints/<step>/`) add `opt_state` and `train_state`. So any of these
+Training checkpoints (`workdir/checkpoints/<step>/`, written by `vicuna_jax.train.checkpointing`) add
+`opt_state`, `train_state` and `data_state`. So any of these
 directories can be given to `--model` / `--from_checkpoint`:
   - a model checkpoint written by `convert --to_checkpoint`,
   - one training step `workdir/checkpoints/<step>`,
@@ -26,7 +27,7 @@ from vicuna_jax.model.config import LlamaConfig
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "model_config"
 OPT_ITEM = "opt_state"
-TRAIN_ITEM = "train_state"  # step and RNG, as arrays
+TRAIN_ITEM = "train_state"  # the step counter, as an array
 DATA_ITEM = "data_state"  # the loader's JSON position
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -35,7 +36,7 @@ class CheckpointError(UserError):
     """A checkpoint directory is missing, incomplete or does not match the model."""
 
 
-def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+def item_handlers() -> dict[str, ocp.CheckpointHandler]:
     return {
         PARAMS_ITEM: ocp.StandardCheckpointHandler(),
         OPT_ITEM: ocp.StandardCheckpointHandler(),
@@ -48,7 +49,7 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
 def _checkpointer() -> ocp.Checkpointer:
     """A synchronous Composite checkpointer that knows every item we write (so reading a model out of a
     training checkpoint restores just the params and config, quietly)."""
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**_item_handlers()))
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**item_handlers()))
 
 
 def _is_complete_step_dir(path: str) -> bool:
@@ -166,54 +167,3 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
             out.extend(_flatten(v, f"{prefix}{k}."))
         return out
     return [(prefix[:-1], tree)]
-
-
-# ---------------------------------------------------------------- training checkpoints
-
-class TrainCheckpoints:
-    """orbax CheckpointManager over `workdir/checkpoints/<step>/`, saving asynchronously.
-
-    A step directory appears under its final name only once every item is written (orbax writes to a
-    temporary directory and renames it), so a kill at any moment leaves the previous step as the latest
-    complete one; temporary leftovers are cleaned up on the next start.
-    """
-
-    def __init__(self, directory: str, keep: int, async_save: bool = True):
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=async_save)
-        self.directory = directory
-        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=_item_handlers())
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state: dict[str, Any], data_state: dict[str, Any], cfg: LlamaConfig,
-             force: bool = True) -> bool:
-        train_state = {"step": state["step"], "rng": state["rng"]}
-        return self.manager.save(step, force=force, args=ocp.args.Composite(**{
-            PARAMS_ITEM: ocp.args.StandardSave(state["params"]),
-            OPT_ITEM: ocp.args.StandardSave(state["opt_state"]),
-            TRAIN_ITEM: ocp.args.StandardSave(train_state),
-            DATA_ITEM: ocp.args.JsonSave(data_state),
-            CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
-        }))
-
-    def restore(self, step: int, abstract_state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(state, data_state) of `step`, placed per `abstract_state`'s shardings."""
-        abstract_train = {"step": abstract_state["step"], "rng": abstract_state["rng"]}
-        restored = self.manager.restore(step, args=ocp.args.Composite(**{
-            PARAMS_ITEM: ocp.args.StandardRestore(abstract_state["params"]),
-            OPT_ITEM: ocp.args.StandardRestore(abstract_state["opt_state"]),
-            TRAIN_ITEM: ocp.args.StandardRestore(abstract_train),
-            DATA_ITEM: ocp.args.JsonRestore(),
-        }))
-        train = restored[TRAIN_ITEM]
-        state = {"params": restored[PARAMS_ITEM], "opt_state": restored[OPT_ITEM], "step": train["step"],
-                 "rng": train["rng"]}
-        return state, restored[DATA_ITEM]
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.close()

@@ -72,6 +72,8 @@ def _parse_absl_flags(argv: list[str]) -> list[str]:
             flag.value.keys()
         except OSError as e:
             fail(f"--{name}: {_one_line(e)}")
+        except AttributeError:  # an override flag (`--config.key`): its value is the plain value
+            pass
     return rest
 
 

@@ -8,6 +8,7 @@ changing this table or the mesh shape, never the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -99,3 +100,107 @@ def shard_activation(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if mesh is None:
         return x
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes)))
+
+
+def mesh_axes(logical: str, rules: dict[str, str | tuple[str, ...] | None] | None = None) -> tuple[str, ...]:
+    """The mesh axes one logical axis maps to (in order; empty when it is replicated)."""
+    axes = (LOGICAL_RULES if rules is None else rules).get(logical)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+# ------------------------------------------------------------------ parameter and optimizer shardings
+
+
+def param_shardings(model: Any, mesh: Mesh) -> Any:
+    """NamedShardings for `model`'s parameters (an NNX module, abstract or not) from each parameter's
+    logical axes through `LOGICAL_RULES`, as a tree shaped like `model_params(model)`.
+
+    A dimension that does not divide evenly over its mesh axes is replicated instead (with a warning)."""
+    import math
+
+    from absl import logging
+    from flax import nnx
+
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))
+    shapes = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def to_sharding(logical: PartitionSpec, leaf: Any) -> NamedSharding:
+        spec = list(logical_to_spec(tuple(logical)))
+        for dim, axes in enumerate(spec):
+            if axes is None:
+                continue
+            size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if leaf.shape[dim] % size:
+                logging.warning("dimension %d (%d) of a %s parameter does not divide over mesh axes %s (%d); "
+                                "replicating it", dim, leaf.shape[dim], leaf.shape, axes, size)
+                spec[dim] = None
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(to_sharding, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def opt_state_shardings(tx: Any, abstract_opt_state: Any, params_shardings: Any, mesh: Mesh) -> Any:
+    """The optimizer state's shardings: every leaf that mirrors a parameter (Adam's moments) gets that
+    parameter's sharding, found by optax from the optimizer's own structure; the rest (counts) replicate."""
+    import optax
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_opt_state, params_shardings,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+# ------------------------------------------------------------------ several processes (multi-host)
+
+
+def maybe_initialize_distributed(mode: str) -> None:
+    """`jax.distributed.initialize()` for multi-host runs: TPU pods and SLURM are detected by JAX itself;
+    otherwise JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID name the cluster."""
+    import os
+
+    from absl import logging
+
+    env = os.environ
+    explicit = "JAX_COORDINATOR_ADDRESS" in env
+    detected = explicit or int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env \
+        or "MEGASCALE_COORDINATOR_ADDRESS" in env
+    if mode == "off" or (mode == "auto" and not detected):
+        return
+    if jax.distributed.is_initialized():
+        return
+    if explicit:
+        if env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                                   num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    else:
+        jax.distributed.initialize()
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across processes (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if it is true on any one (e.g. one process got SIGTERM: all stop together)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
+def gather_to_host(tree: Any) -> Any:
+    """Every process gets the full value of a sharded tree (for exports written by process 0)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -5,7 +5,7 @@ from train_utils import config, losses, run_cli
 
 from vicuna_jax.model.config import ConfigError
 from vicuna_jax.train import train
-from vicuna_jax.train_config import validate
+from vicuna_jax.train.config import validate
 
 
 def test_eight_devices_match_one_device(prepared, tmp_path):

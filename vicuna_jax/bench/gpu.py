@@ -4,7 +4,8 @@
     scripts/bench_gpu.sh --smoke    # anywhere (CPU included): a tiny model, 2 steps per cell
 
 Every cell runs in its own process (an out-of-memory cell cannot poison the next one) and times vicuna_jax's
-real jitted train step, built as `train.py` builds it (mesh, shardings, AdamW, donation), on packed batches of
+real jitted train step, built by `vicuna_jax.train.setup.build` as the trainer builds it (mesh, shardings,
+AdamW, donation), on packed batches of
 synthetic ShareGPT conversations. MFU = tokens/s x `metrics.flops_per_token(cfg, seq_len)` / `metrics.
 peak_flops(device_kind, "bfloat16")`: model FLOPs only (6 N per token plus causal attention), so
 recomputation from remat costs MFU, as it should. A backend that cannot run here is reported with the reason
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import atomic_write_json, atomic_write_text
 
 # ~1.0B parameters: LLaMA proportions (head dim 128, MLP 8/3 E rounded to 256), LLaMA's vocabulary.
 MODEL_1B = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=16, num_heads=16,
@@ -39,70 +41,53 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Times one (attention backend, remat policy) cell in this process; returns its row."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from vicuna_jax import parallel, train
-    from vicuna_jax import step as step_lib
+    from vicuna_jax import parallel
     from vicuna_jax.bench.sharegpt import encoded_conversations, make_batches
-    from vicuna_jax.data.pack import BATCH_KEYS
-    from vicuna_jax.metrics import flops_per_token, peak_flops
     from vicuna_jax.model import attention
     from vicuna_jax.model.config import LlamaConfig
-    from vicuna_jax.model.llama import abstract_model, build_model, model_params
+    from vicuna_jax.train.config import RunOptions, TrainConfig
+    from vicuna_jax.train.metrics import flops_per_token, peak_flops
+    from vicuna_jax.train.optimizer import OptimizerConfig
+    from vicuna_jax.train.setup import build
 
-    cfg = LlamaConfig(**spec["model"])
+    model = LlamaConfig(**spec["model"])
     backend, seq, rows = spec["attention"], spec["seq_len"], spec["batch_size"]
     platform = jax.default_backend()
     simulate = "gpu" if backend == "pallas" and platform == "cpu" else None
     row = {"attention": backend, "remat": spec["remat"], "device": jax.devices()[0].device_kind,
            "platform": platform, "interpreted": bool(simulate)}
     with attention.simulate_platform(simulate) if simulate else contextlib.nullcontext():
-        reason = attention.unavailable_reason(backend, jnp.dtype(spec["dtype"]), cfg.dim_per_head)
+        reason = attention.unavailable_reason(backend, jnp.dtype(spec["dtype"]), model.dim_per_head)
         if reason:
             return {**row, "status": f"skipped: {reason}"}
-        options = dict(dtype=jnp.dtype(spec["dtype"]), param_dtype=jnp.float32, scan_layers=True,
-                       remat_policy=spec["remat"], attention_impl=backend)
-        mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        abstract = abstract_model(cfg, **options)
-        opt = step_lib.OptimizerConfig(learning_rate=2e-5, warmup_ratio=0.0)
-        tx = step_lib.make_optimizer(opt, 1000)
-        params_sh = train.param_shardings(model_params(abstract), mesh, abstract)
-        opt_sh = train.opt_state_shardings(jax.eval_shape(tx.init, model_params(abstract)), params_sh,
-                                           model_params(abstract), mesh)
-        replicated = NamedSharding(mesh, P())
-        state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
-        batch_sh = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length")))
-        step_fn = step_lib.make_train_step(nnx.graphdef(abstract), tx, step_lib.lr_schedule(opt, 1000), 1,
-                                           spec["loss_chunk"])
-        step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                       donate_argnums=(0,))
+        cfg = TrainConfig(model=model, optimizer=OptimizerConfig(learning_rate=2e-5, warmup_ratio=0.0),
+                          run=RunOptions(dtype=spec["dtype"], param_dtype="float32", scan_layers=True,
+                                         remat_policy=spec["remat"], attention=backend),
+                          seq_len=seq, batch_size=rows, loss_chunk_size=spec["loss_chunk"])
+        setup = build(cfg, parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1]), 1000)
         examples = encoded_conversations(max(40, 3 * rows * seq // 1000), seq + 1)
         batches = make_batches(examples, rows, seq, packing=True)
         if not batches:
             raise UserError("not enough synthetic conversations for one batch")
-        params = jax.jit(lambda: model_params(build_model(cfg, seed=0, **options)), out_shardings=params_sh)()
-        state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
-                 "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
-        device_batches = [{k: jax.device_put(v, batch_sh) for k, v in b.items() if k in BATCH_KEYS}
-                          for b in batches[:4]]
-        with jax.set_mesh(mesh):
+        state = setup.init_state()
+        device_batches = [setup.global_batch(b) for b in batches[:4]]
+        with jax.set_mesh(setup.mesh):
             start = time.perf_counter()
-            compiled = step.lower(state, device_batches[0]).compile()
+            compiled = setup.train_step.lower(state, device_batches[0]).compile()
             compile_s = time.perf_counter() - start
             memory = compiled.memory_analysis()
             times = []
             for i in range(spec["warmup"] + spec["steps"]):
                 start = time.perf_counter()
                 state, metrics = compiled(state, device_batches[i % len(device_batches)])
-                loss = float(metrics["loss"])  # waits for the step
+                loss = float(metrics.loss)  # waits for the step
                 if i >= spec["warmup"]:
                     times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     tokens_per_s = rows * seq / seconds
     peak = peak_flops(row["device"], spec["dtype"])
-    mfu = tokens_per_s * flops_per_token(cfg, seq) / peak if peak else None
+    mfu = tokens_per_s * flops_per_token(model, seq) / peak if peak else None
     return {**row, "status": "ok", "step_s": seconds, "tokens_per_s": tokens_per_s, "mfu": mfu, "loss": loss,
             "compile_s": compile_s, "temp_gib": memory.temp_size_in_bytes / 2**30,
             "args_gib": memory.argument_size_in_bytes / 2**30}
@@ -175,10 +160,8 @@ def main(argv: list[str]) -> None:
     text = header + "\n" + table(rows) + "\n"
     os.makedirs(f.out, exist_ok=True)
     name = "bench_gpu_smoke" if smoke else "bench_gpu"
-    with open(os.path.join(f.out, f"{name}.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(f.out, f"{name}.json"), "w") as fh:
-        json.dump({"config": base, "rows": rows}, fh, indent=1)
+    atomic_write_text(os.path.join(f.out, f"{name}.md"), text)
+    atomic_write_json(os.path.join(f.out, f"{name}.json"), {"config": base, "rows": rows}, indent=1)
     print(text)
 
 

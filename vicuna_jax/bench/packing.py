@@ -30,7 +30,7 @@ def _stats(batches: list[dict[str, np.ndarray]]) -> dict[str, float]:
 def run_packing(model_name: str, seq_len: int, batch_size: int, steps: int, conversations: int,
                 jax_spec: dict[str, Any], tmp: str, log: Callable[[str], None]) -> dict[str, Any]:
     from vicuna_jax.bench.sharegpt import encoded_conversations, make_batches
-    from vicuna_jax.bench.train import BENCH_MODELS, OPTIMIZER, Worker, worker_env
+    from vicuna_jax.bench.sides import BENCH_MODELS, OPTIMIZER, Worker, worker_env
 
     examples = encoded_conversations(conversations, seq_len + 1)
     lengths = np.array([len(ids) for ids, _ in examples])

@@ -16,10 +16,8 @@ side, CPU seconds per step (all threads), peak resident memory, and compilations
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -27,45 +25,10 @@ from typing import Any
 import numpy as np
 
 from vicuna_jax.bench.report import SPEED_NOTES, machine, model_lines, speed_table
+from vicuna_jax.bench.sides import BENCH_MODELS, OPTIMIZER, Worker, worker_env
 from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import atomic_write_json, atomic_write_text
 
-# name -> (LlamaConfig fields, batch rows). LLaMA's 32000-token vocabulary: the LM head is real work.
-BENCH_MODELS: dict[str, tuple[dict[str, Any], int]] = {
-    "20m": (
-        dict(
-            vocab_size=32000,
-            hidden_size=256,
-            intermediate_size=688,
-            num_layers=4,
-            num_heads=8,
-            num_kv_heads=8,
-            max_position_embeddings=2048,
-        ),
-        4,
-    ),
-    "100m": (
-        dict(
-            vocab_size=32000,
-            hidden_size=768,
-            intermediate_size=2048,
-            num_layers=8,
-            num_heads=12,
-            num_kv_heads=12,
-            max_position_embeddings=2048,
-        ),
-        2,
-    ),
-}
-OPTIMIZER = dict(
-    learning_rate=1e-4,
-    warmup_ratio=0.0,
-    final_lr_ratio=0.0,
-    weight_decay=0.0,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    grad_clip=1.0,
-)
 # Our best CPU settings, found with this benchmark (see the README's performance section): layers in a Python
 # loop (no scan: XLA:CPU copies each layer's weights out of the stacked arrays either way, and scan adds
 # stacked residual buffers), the fused loss on 128-position chunks, and YNNPACK for dots only (its
@@ -109,57 +72,6 @@ def describe(spec: dict[str, Any], defaults: dict[str, Any], presets: dict[str, 
     base = {**defaults, **(presets or {}).get(spec.get("name", ""), {})}
     diff = [f"{k}={v}" for k, v in spec.items() if k in defaults and v != base[k]]
     return ",".join([spec.get("name", "default"), *diff])
-
-
-class Worker:
-    """A `bench.worker` process; `call` sends one command and returns its reply (raising on errors)."""
-
-    def __init__(self, label: str, env: dict[str, str], log_path: str):
-        self.label = label
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vicuna_jax.bench.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            text=True,
-            bufsize=1,
-        )
-        self.log_path = log_path
-
-    def call(self, cmd: str, **kw: Any) -> dict[str, Any]:
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.label}: worker exited (log: {self.log_path}):\n{_tail(self.log_path)}")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"{self.label}: {reply['error']}\n{reply.get('traceback', '')}")
-        return reply
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.call("quit")
-            except (RuntimeError, BrokenPipeError):
-                pass
-            self.proc.wait(timeout=60)
-        self._log.close()
-
-
-def _tail(path: str, n: int = 30) -> str:
-    with open(path) as f:
-        return "".join(f.readlines()[-n:])
-
-
-def worker_env(xla_flags: str = "") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    if xla_flags:
-        env["XLA_FLAGS"] = xla_flags
-    return env
 
 
 def bench_batch(seq_len: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -372,10 +284,8 @@ def main(argv: list[str]) -> None:
     md.append(f"Load average at end {os.getloadavg()[0]:.2f}.")
     text = "\n".join(md) + "\n"
     stem = "bench_train" if "speed" in sections else "bench_packing"  # packing alone keeps the speed file
-    with open(os.path.join(f.out, f"{stem}.md"), "w") as fh:
-        fh.write(text)
-    with open(os.path.join(f.out, f"{stem}.json"), "w") as fh:
-        json.dump(report, fh, indent=1, default=str)
+    atomic_write_text(os.path.join(f.out, f"{stem}.md"), text)
+    atomic_write_json(os.path.join(f.out, f"{stem}.json"), report, indent=1, default=str)
     print(text)
 
 

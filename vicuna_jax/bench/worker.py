@@ -66,49 +66,36 @@ def load_batch(path: str) -> dict[str, np.ndarray]:
 
 
 class JaxSide:
-    """vicuna_jax's real training step (the one `train.py` jits), on the host's CPU device."""
+    """vicuna_jax's real training step (built by `vicuna_jax.train.setup.build`), on one CPU device."""
 
     def __init__(self, spec: dict[str, Any]):
         import jax
-        import jax.numpy as jnp
-        from flax import nnx
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
 
-        from vicuna_jax import parallel, train
-        from vicuna_jax import step as step_lib
+        from vicuna_jax import parallel
         from vicuna_jax.data.pack import BATCH_KEYS
         from vicuna_jax.model.config import LlamaConfig
-        from vicuna_jax.model.llama import abstract_model, build_model, model_params
+        from vicuna_jax.train.config import RunOptions, TrainConfig
+        from vicuna_jax.train.optimizer import OptimizerConfig
+        from vicuna_jax.train.setup import build
 
         self.jax = jax
         self.compiles = 0
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
-        cfg = LlamaConfig(**spec["model"])
-        options = dict(dtype=jnp.dtype(spec["dtype"]), param_dtype=jnp.float32, scan_layers=spec["scan"],
-                       remat_policy=spec["remat"], attention_impl=spec.get("attention", "xla"))
+        cfg = TrainConfig(
+            model=LlamaConfig(**spec["model"]), optimizer=OptimizerConfig(**spec["optimizer"]),
+            run=RunOptions(dtype=spec["dtype"], param_dtype="float32", scan_layers=spec["scan"],
+                           remat_policy=spec["remat"], attention=spec.get("attention", "xla")),
+            grad_accum_steps=spec.get("grad_accum_steps", 1), loss_chunk_size=spec["loss_chunk"],
+            seed=spec["seed"])
         mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        abstract = abstract_model(cfg, **options)
-        params = model_params(build_model(cfg, seed=spec["seed"], **options))
+        setup = build(cfg, mesh, spec["total_steps"])
+        # The state is placed with the shardings the step declares, as the trainer places it: an input whose
+        # sharding differs from the step's output (e.g. an uncommitted array) would compile the step twice.
+        self.state = setup.init_state()
+        params = self.state.params
         if spec.get("export_weights"):
-            export_torch_weights(params, cfg, spec["export_weights"])
-        opt = step_lib.OptimizerConfig(**spec["optimizer"])
-        tx = step_lib.make_optimizer(opt, spec["total_steps"])
-        params_sh = train.param_shardings(model_params(abstract), mesh, abstract)
-        opt_sh = train.opt_state_shardings(jax.eval_shape(tx.init, params), params_sh, params, mesh)
-        replicated = NamedSharding(mesh, P())
-        state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
-        self.batch_sh = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length")))
-        schedule = step_lib.lr_schedule(opt, spec["total_steps"])
-        self.step_fn = jax.jit(
-            step_lib.make_train_step(nnx.graphdef(abstract), tx, schedule, spec.get("grad_accum_steps", 1),
-                                     spec["loss_chunk"]),
-            in_shardings=(state_sh, self.batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
-        # Placed with the shardings the step declares, as train.py does: an input whose sharding differs
-        # from the step's output (e.g. an uncommitted array) would compile the step a second time.
-        params = jax.device_put(params, params_sh)
-        self.state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_sh)(params),
-                      "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+            export_torch_weights(params, cfg.model, spec["export_weights"])
+        self.step_fn, self.batch_sh = setup.train_step, setup.batch_sharding
         paths = spec["batch"] if isinstance(spec["batch"], list) else [spec["batch"]]
         self.batches = [{k: v for k, v in load_batch(p).items() if k in BATCH_KEYS} for p in paths]
         self.mesh = mesh
@@ -125,10 +112,10 @@ class JaxSide:
         compiles = self.compiles
         cpu, start = time.process_time(), time.perf_counter()
         with jax.set_mesh(self.mesh):
-            # The host-to-device copy train.py makes every step.
+            # The host-to-device copy the trainer makes every step.
             batch = jax.device_put(self.batches[index], self.batch_sh)
             self.state, metrics = self.step_fn(self.state, batch)
-            loss = float(metrics["loss"])
+            loss = float(metrics.loss)
             jax.block_until_ready(self.state)
         return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
                 "loss": loss, "compiles": self.compiles - compiles}

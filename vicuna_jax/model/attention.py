@@ -20,13 +20,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from vicuna_jax import parallel
 from vicuna_jax.model import attention_kernels as kernels
 
 BACKENDS = ("auto", "xla", "cudnn", "pallas")
-
-# Mesh axes (see parallel.py): batch is split over data x fsdp, heads over tensor, the sequence never.
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +197,31 @@ def resolve_backend(impl: str, dtype: jnp.dtype, head_dim: int) -> str:
 Kernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
 
 
+def _dividing_axes(mesh: jax.sharding.AbstractMesh, free: list[str], wanted: tuple[str, ...],
+                   sizes: tuple[int, ...], what: str) -> tuple[str, ...]:
+    """The axes of `wanted` that are free on `mesh` and (cumulatively) divide every size in `sizes`."""
+    chosen: list[str] = []
+    shards = 1
+    for name in wanted:
+        if name not in free:
+            continue
+        if all(n % (shards * mesh.shape[name]) == 0 for n in sizes):
+            chosen.append(name)
+            shards *= mesh.shape[name]
+        elif mesh.shape[name] > 1:
+            _warn_once(f"attention: {what} not divisible over mesh axis {name!r} ({mesh.shape[name]}); the "
+                       "kernel is replicated over it.")
+    return tuple(chosen)
+
+
 def _sharded(kernel: Kernel, q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
              segment_ids_BxT: jax.Array | None) -> jax.Array:
     """Runs `kernel` per device under `shard_map` when a multi-device mesh is active.
 
-    Pallas/cuDNN calls cannot be auto-partitioned (XLA would gather and replicate them), so batch goes over
-    ("data", "fsdp") and heads over "tensor", each only if present and dividing the size; the sequence stays
-    whole because the kernels need every key of a row. Axes already manual (an enclosing shard_map) are left.
+    Pallas/cuDNN calls cannot be auto-partitioned (XLA would gather and replicate them), so the batch and
+    the heads are split over the mesh axes `parallel.LOGICAL_RULES` gives "batch" and "act_heads", each
+    only if present and dividing the size; the sequence stays whole because the kernels need every key of a
+    row. Axes already manual (an enclosing shard_map) are left alone.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
@@ -216,21 +231,12 @@ def _sharded(kernel: Kernel, q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxK
         return kernel(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
     b, _, h, _ = q_BxTxHxD.shape
     kv_heads = k_BxTxKxD.shape[2]
-    batch_axes: list[str] = []
-    batch_shards = 1
-    for name in BATCH_AXES:
-        if name in free and b % (batch_shards * mesh.shape[name]) == 0:
-            batch_axes.append(name)
-            batch_shards *= mesh.shape[name]
-        elif name in free and mesh.shape[name] > 1:
-            _warn_once(f"attention: batch {b} is not divisible over mesh axis {name!r}; the kernel is "
-                       "replicated over it.")
-    head_axis = None
-    if HEAD_AXIS in free and h % mesh.shape[HEAD_AXIS] == 0 and kv_heads % mesh.shape[HEAD_AXIS] == 0:
-        head_axis = HEAD_AXIS
-    elif HEAD_AXIS in free and mesh.shape[HEAD_AXIS] > 1:
-        _warn_once(f"attention: {h} query / {kv_heads} kv heads are not divisible over mesh axis "
-                   f"{HEAD_AXIS!r} ({mesh.shape[HEAD_AXIS]}); the kernel is replicated over it.")
+    # Which mesh axes split the batch and the heads comes from the logical-axis table, as for every other
+    # activation; an axis is used only if it divides the size (otherwise the kernel is replicated over it).
+    batch_axes = _dividing_axes(mesh, free, parallel.mesh_axes("batch"), (b,), f"batch {b}")
+    head_axes = _dividing_axes(mesh, free, parallel.mesh_axes("act_heads"), (h, kv_heads),
+                               f"{h} query / {kv_heads} kv heads")
+    head_axis = (head_axes[0] if len(head_axes) == 1 else head_axes) if head_axes else None
     batch_spec = tuple(batch_axes) if batch_axes else None
     qkv_spec = P(batch_spec, None, head_axis, None)
     if segment_ids_BxT is None:

@@ -1,14 +1,18 @@
-"""Training configuration: the base ConfigDict that `configs/*.py` start from, and its validation.
+"""Training configuration: the base ConfigDict that `configs/*.py` start from, its validation, and the typed,
+frozen `TrainConfig` the rest of the trainer reads.
 
-Every key is documented here. `validate` runs before anything is compiled and raises `ConfigError`
-naming the offending key (`config.mesh.fsdp`, `config.optimizer.learning_rate`, ...).
+Every key is documented in `base_config`. Config files and `--config.key=value` overrides stay ConfigDicts;
+at the edge, `load` validates one once (before anything is compiled, raising `ConfigError` naming the key:
+`config.mesh.fsdp`, `config.optimizer.learning_rate`, ...) and turns it into a `TrainConfig`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
@@ -16,6 +20,7 @@ from vicuna_jax.model.attention import BACKENDS
 from vicuna_jax.model.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.llama import REMAT_POLICIES
 from vicuna_jax.parallel import mesh_shape
+from vicuna_jax.train.optimizer import OptimizerConfig
 
 BUNDLED_DATA = "bundled"
 _FIELD_TYPES = {"rope_theta": float, "rope_scaling_factor": float, "rms_norm_eps": float,
@@ -205,3 +210,82 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
     if c.tokenizer and not os.path.exists(c.tokenizer):
         _fail("tokenizer", f"{c.tokenizer} does not exist")
     return cfg
+
+
+# ------------------------------------------------------------------ the typed, validated config
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How the model computes: dtypes, scan over layers, remat policy, attention backend."""
+
+    dtype: str = "bfloat16"  # compute
+    param_dtype: str = "float32"  # parameters and optimizer state
+    scan_layers: bool = True
+    remat_policy: str = "nothing_saveable"
+    attention: str = "auto"
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments of `vicuna_jax.model.llama.Llama`."""
+        return dict(dtype=jnp.dtype(self.dtype), param_dtype=jnp.dtype(self.param_dtype),
+                    scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                    attention_impl=self.attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    path: str = BUNDLED_DATA
+    template: str = "vicuna_v1.1"
+    validation_fraction: float = 0.02
+    packing: bool = True
+    window: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A validated training config (field meanings: `base_config`)."""
+
+    model: LlamaConfig
+    run: RunOptions = RunOptions()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    init_from_hf: str = ""
+    tokenizer: str = ""
+    seq_len: int = 2048
+    batch_size: int = 128
+    grad_accum_steps: int = 1
+    total_steps: int = -1
+    num_epochs: float = 3.0
+    loss_chunk_size: int = 512
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 0
+    export_hf_at_end: bool = True
+    export_dtype: str = "bfloat16"
+    distributed: str = "auto"
+    peak_flops_per_device: float = 0.0
+    source: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)  # the ConfigDict given
+
+
+def load(c: ml_collections.ConfigDict, num_devices: int) -> TrainConfig:
+    """Validates `c` (see `validate`) and returns it as a frozen `TrainConfig`."""
+    model = validate(c, num_devices)
+    plain = c.to_dict()
+    sub = {"run": RunOptions, "optimizer": OptimizerConfig, "data": DataConfig, "mesh": MeshConfig}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "source", *sub}
+    values: dict[str, Any] = {k: plain[k] for k in fields}
+    values["run"] = RunOptions(**{f.name: plain[f.name] for f in dataclasses.fields(RunOptions)})
+    for name in ("optimizer", "data", "mesh"):
+        values[name] = sub[name](**plain[name])
+    return TrainConfig(model=model, source=plain, **values)

@@ -13,14 +13,12 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vicuna_jax import plan
-from vicuna_jax.model.llama import build_model, model_params
+from vicuna_jax.train import planner as plan
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_MODEL = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 
 
@@ -44,19 +42,14 @@ def device0_bytes(tree) -> int:
 
 
 def real_state_and_batch(setup):
-    """The state exactly as train.init_state builds it, and a packed batch of real conversations."""
+    """The state exactly as the trainer builds it, and a packed batch of real conversations."""
     from vicuna_jax.bench.sharegpt import encoded_conversations, make_batches
 
-    sh = setup["state_shardings"]
-    cfg, options = setup["cfg"], setup["options"]
-    params = jax.jit(lambda: model_params(build_model(cfg, seed=0, **options)), out_shardings=sh["params"])()
-    state = {"params": params, "opt_state": jax.jit(setup["tx"].init, out_shardings=sh["opt_state"])(params),
-             "step": jax.device_put(jnp.zeros((), jnp.int32), sh["step"]),
-             "rng": jax.device_put(jax.random.key_data(jax.random.key(0)), sh["rng"])}
+    train_setup = setup["setup"]
+    state = train_setup.init_state()
     examples = encoded_conversations(40, 129)
     host = make_batches(examples, 8, 128, packing=True)[0]
-    batch = {k: jax.device_put(v, setup["batch_sharding"]) for k, v in host.items() if k in setup["batch"]}
-    return state, batch
+    return state, train_setup.global_batch(host)
 
 
 @pytest.mark.parametrize("remat", ["none", "nothing_saveable"])
@@ -66,8 +59,8 @@ def test_plan_matches_the_real_sharded_step(remat):
     parts = plan.state_bytes(setup)
     state, batch = real_state_and_batch(setup)
 
-    assert parts["params"] == device0_bytes(state["params"])
-    assert parts["opt_state"] == device0_bytes(state["opt_state"])
+    assert parts["params"] == device0_bytes(state.params)
+    assert parts["opt_state"] == device0_bytes(state.opt_state)
     state_bytes = device0_bytes(state)
     assert predicted["argument"] == state_bytes + device0_bytes(batch)
     assert predicted["alias"] == state_bytes  # donation: the new state reuses the old one's buffers
@@ -80,7 +73,7 @@ def test_plan_matches_the_real_sharded_step(remat):
         assert measured["temp"] == pytest.approx(predicted["temp"], rel=0.01)
         new_state, metrics = real(state, batch)
     assert device0_bytes(new_state) == state_bytes
-    assert np.isfinite(float(metrics["loss"]))
+    assert np.isfinite(float(metrics.loss))
     estimate = plan.analytic(setup)
     assert estimate["params"] == parts["params"] and estimate["opt_state"] == parts["opt_state"]
 
@@ -99,7 +92,8 @@ def test_cli_simulates_the_devices_it_is_asked_for(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     out = tmp_path / "plan.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "vicuna_jax.plan", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
+        [sys.executable, "-m", "vicuna_jax.train.planner",
+         f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
          "--devices=2", "--platform=cpu", "--hbm_gb=0.001", "--config.seq_len=128", "--config.batch_size=4",
          f"--json={out}", *overrides],
         capture_output=True, text=True, env=env, timeout=120, check=False)

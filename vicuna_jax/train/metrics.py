@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+from vicuna_jax.fileio import atomic_open
 from vicuna_jax.model.config import LlamaConfig
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets). fp32 compute on GPUs uses TF32 tensor cores.
@@ -108,7 +109,5 @@ def _truncate_after(path: str, step: int) -> None:
                 continue  # a line cut short by a kill
             if int(row.get("step", 0)) <= step:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.writelines(kept)
-    os.replace(tmp, path)

@@ -9,14 +9,9 @@ from flax import nnx
 
 from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import build_model, model_params
-from vicuna_jax.step import (
-    OptimizerConfig,
-    _decay_mask,
-    cross_entropy_sums,
-    lr_schedule,
-    make_optimizer,
-    make_train_step,
-)
+from vicuna_jax.train.loss import cross_entropy_sums
+from vicuna_jax.train.optimizer import OptimizerConfig, _decay_mask, lr_schedule, make_optimizer
+from vicuna_jax.train.step import TrainState, make_train_step
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                   num_kv_heads=2, max_position_embeddings=64)
@@ -50,7 +45,7 @@ def setup(accum=1, opt=None, tx=None):
     params = model_params(model)
     opt = opt or OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0)
     tx = tx or make_optimizer(opt, 10)
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    state = TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
     return state, jax.jit(make_train_step(graphdef, tx, lr_schedule(opt, 10), accum)), graphdef
 
 
@@ -66,20 +61,20 @@ def test_grad_accumulation_equals_one_big_batch(accum):
     batch = packed_batch(8)
     s1, step1, _ = setup(1, tx=optax.sgd(1.0))
     sk, stepk, _ = setup(accum, tx=optax.sgd(1.0))
-    start = jax.tree.map(jnp.copy, s1["params"])
+    start = jax.tree.map(jnp.copy, s1.params)
     s1, m1 = step1(s1, batch)
     sk, mk = stepk(sk, batch)
-    assert abs(float(m1["loss"]) - float(mk["loss"])) < 1e-6
-    assert float(m1["target_tokens"]) == float(mk["target_tokens"])
-    assert _max_diff(s1["params"], sk["params"]) < 1e-6
-    assert _max_diff(s1["params"], start) > 1e-3  # the step did move the parameters
+    assert abs(float(m1.loss) - float(mk.loss)) < 1e-6
+    assert float(m1.target_tokens) == float(mk.target_tokens)
+    assert _max_diff(s1.params, sk.params) < 1e-6
+    assert _max_diff(s1.params, start) > 1e-3  # the step did move the parameters
     # And with the real optimizer (AdamW + clipping) over two steps: within 1% of one step's size.
     a1, adam1, _ = setup(1)
     ak, adamk, _ = setup(accum)
     for _ in range(2):
         a1, _ = adam1(a1, batch)
         ak, _ = adamk(ak, batch)
-    assert _max_diff(a1["params"], ak["params"]) < 1e-2 * 1e-2
+    assert _max_diff(a1.params, ak.params) < 1e-2 * 1e-2
 
 
 def test_loss_is_token_weighted_not_mean_of_means():
@@ -89,7 +84,7 @@ def test_loss_is_token_weighted_not_mean_of_means():
     batch["loss_mask"][0, 2] = 1
     batch["loss_mask"][1, 5:25] = 1
     state, _, graphdef = setup(1)
-    model = nnx.merge(graphdef, state["params"])
+    model = nnx.merge(graphdef, state.params)
     h, _ = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
     logits = np.asarray(model.logits(h))
     logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
@@ -97,7 +92,7 @@ def test_loss_is_token_weighted_not_mean_of_means():
     expected = (nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
     _, step, _ = setup(1)
     _, metrics = step(state, batch)
-    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics.loss), expected, rtol=1e-5)
 
 
 def test_rows_without_targets_contribute_nothing():
@@ -108,34 +103,34 @@ def test_rows_without_targets_contribute_nothing():
     s_b = jax.tree.map(jnp.copy, s_a)
     s_a, m_a = step(s_a, with_targets)
     s_b, m_b = step(s_b, combined)
-    assert float(m_a["target_tokens"]) == float(m_b["target_tokens"])
-    assert abs(float(m_a["loss"]) - float(m_b["loss"])) < 1e-6
-    assert _max_diff(s_a["params"], s_b["params"]) < 1e-6
+    assert float(m_a.target_tokens) == float(m_b.target_tokens)
+    assert abs(float(m_a.loss) - float(m_b.loss)) < 1e-6
+    assert _max_diff(s_a.params, s_b.params) < 1e-6
 
 
 def test_batch_with_no_targets_changes_nothing():
     state, step, _ = setup(1)
     before = jax.tree.map(jnp.copy, state)
     after, metrics = step(state, packed_batch(4, empty_rows=range(4)))
-    assert float(metrics["target_tokens"]) == 0.0 and float(metrics["loss"]) == 0.0
-    assert _max_diff(before["params"], after["params"]) == 0.0
-    assert _max_diff(before["opt_state"], after["opt_state"]) == 0.0
+    assert float(metrics.target_tokens) == 0.0 and float(metrics.loss) == 0.0
+    assert _max_diff(before.params, after.params) == 0.0
+    assert _max_diff(before.opt_state, after.opt_state) == 0.0
 
 
 def test_non_finite_loss_keeps_state():
     state, step, _ = setup(1)
-    state["params"]["norm"]["scale"] = state["params"]["norm"]["scale"].at[0].set(jnp.nan)
+    state.params["norm"]["scale"] = state.params["norm"]["scale"].at[0].set(jnp.nan)
     before = jax.tree.map(jnp.copy, state)
     after, metrics = step(state, packed_batch(2))
-    assert not bool(metrics["finite"])
-    leaves_before, leaves_after = jax.tree.leaves(before["params"]), jax.tree.leaves(after["params"])
+    assert not bool(metrics.finite)
+    leaves_before, leaves_after = jax.tree.leaves(before.params), jax.tree.leaves(after.params)
     for a, b in zip(leaves_before, leaves_after, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_chunked_cross_entropy_matches_full():
     state, _, graphdef = setup(1)
-    model = nnx.merge(graphdef, state["params"])
+    model = nnx.merge(graphdef, state.params)
     batch = packed_batch(2, seq_len=30)
     h, _ = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
     full = cross_entropy_sums(model, h, batch["target_tokens"], batch["loss_mask"])
@@ -148,7 +143,7 @@ def test_chunked_cross_entropy_matches_full():
             m = nnx.merge(graphdef, p)
             hh, _ = m.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
             return cross_entropy_sums(m, hh, batch["target_tokens"], batch["loss_mask"], chunk)
-        return jax.grad(f)(state["params"])
+        return jax.grad(f)(state.params)
 
     assert _max_diff(grads(0), grads(8)) < 1e-5
 
@@ -169,7 +164,7 @@ def test_weight_decay_skips_norms():
     batch["loss_mask"][:] = 0
     batch["loss_mask"][0, 0] = 1
     new, _ = step(state, batch)
-    m = _decay_mask(state["params"])
+    m = _decay_mask(state.params)
     assert m["layers"]["input_layernorm"]["scale"] is False and m["norm"]["scale"] is False
     assert m["layers"]["mlp"]["up_proj"]["kernel"] is True and m["embed_tokens"] is True
-    assert bool(jnp.all(jnp.isfinite(new["params"]["embed_tokens"])))
+    assert bool(jnp.all(jnp.isfinite(new.params["embed_tokens"])))

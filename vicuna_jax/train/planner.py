@@ -1,12 +1,13 @@
 """Memory planner: will this training config fit, per device, before renting anything?
 
-    python -m vicuna_jax.plan --config=configs/vicuna_13b.py --devices=8 [--hbm_gb=80] [--config.mesh.fsdp=8]
-        [--config.batch_size=32 --config.remat_policy=nothing_saveable ...] [--policies=none,full,...]
+    python -m vicuna_jax.train.planner --config=configs/vicuna_13b.py --devices=8 [--hbm_gb=80]
+        [--config.mesh.fsdp=8] [--config.batch_size=32 --config.remat_policy=nothing_saveable ...]
+        [--policies=none,full,...]
 
-It builds the training step exactly as `train.py` does (mesh, logical-axis shardings, AdamW, donation), but
-from `jax.ShapeDtypeStruct`s carrying those shardings: no weights are allocated and no data is read. The step
-is lowered and compiled ahead of time, on `--devices` simulated host devices when this machine has fewer
-(the planner sets `--xla_force_host_platform_device_count` itself before JAX starts), and
+It builds the training step with the trainer's own `train.setup.build` (mesh, logical-axis shardings, AdamW,
+donation), but from `jax.ShapeDtypeStruct`s carrying those shardings: no weights are allocated and no data
+is read. The step is lowered and compiled ahead of time, on `--devices` simulated host devices when this
+machine has fewer (the planner sets `--xla_force_host_platform_device_count` itself before JAX starts), and
 `compiled.memory_analysis()` gives one device's arguments (parameters, optimizer state, batch), outputs
 (aliased to the arguments by donation), temporaries (gradients, activations, logits, optimizer scratch) and
 generated code. Next to it: analytic estimates of the same parts, activations per remat policy included.
@@ -23,13 +24,13 @@ preallocates 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherw
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
 from typing import Any
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import atomic_write_json
 
 GIB = 2**30
 
@@ -73,18 +74,13 @@ def _leaves(tree: Any) -> list[Any]:
 
 
 def build(c: Any, num_devices: int | None = None, remat_policy: str | None = None) -> dict[str, Any]:
-    """The abstract training setup of `train.py` for config `c`: mesh, model config, sharded abstract state
-    and batch, and the jitted step (nothing allocated)."""
+    """The abstract training setup for config `c` (the trainer's own `train.setup.build`) on `num_devices`
+    devices, with an abstract batch: nothing allocated."""
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from vicuna_jax import parallel, train, train_config
-    from vicuna_jax import step as step_lib
-    from vicuna_jax.data.pack import BATCH_KEYS
-    from vicuna_jax.model.llama import abstract_model, model_params
+    from vicuna_jax import parallel
+    from vicuna_jax.train import config as config_lib
+    from vicuna_jax.train import setup as setup_lib
 
     num_devices = num_devices or jax.device_count()
     if num_devices > jax.device_count():
@@ -92,38 +88,16 @@ def build(c: Any, num_devices: int | None = None, remat_policy: str | None = Non
                         "run the planner in a fresh process (it sets the simulated device count itself)")
     c = copy.deepcopy(c)
     # Planning reads no data: check everything else, not whether the dataset/tokenizer paths exist here.
-    c.data.path, c.tokenizer = train_config.BUNDLED_DATA, ""
+    c.data.path, c.tokenizer = config_lib.BUNDLED_DATA, ""
     if remat_policy is not None:
         c.remat_policy = remat_policy
-    cfg = train_config.validate(c, num_devices)
-    mesh = parallel.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, devices=jax.devices()[:num_devices])
-    options = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), scan_layers=c.scan_layers,
-                   remat_policy=c.remat_policy, attention_impl=c.attention)
-    abstract = abstract_model(cfg, **options)
-    abstract_params = model_params(abstract)
-    params_sh = train.param_shardings(abstract_params, mesh, abstract)
-    total_steps = c.total_steps if c.total_steps > 0 else 1000  # the schedule's length changes no shapes
-    opt = step_lib.OptimizerConfig(**c.optimizer.to_dict())
-    tx = step_lib.make_optimizer(opt, total_steps)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sh = train.opt_state_shardings(abstract_opt, params_sh, abstract_params, mesh)
-    replicated = NamedSharding(mesh, P())
-    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
-    batch_sh = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length")))
-    with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-    state = jax.tree.map(with_sharding, {
-        "params": abstract_params, "opt_state": abstract_opt, "step": jax.ShapeDtypeStruct((), jnp.int32),
-        "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))}, state_sh)
-    rows = (c.batch_size, c.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(rows, jnp.float32 if k == "loss_mask" else jnp.int32, sharding=batch_sh)
-             for k in BATCH_KEYS}
-    schedule = step_lib.lr_schedule(opt, total_steps)
-    step_fn = step_lib.make_train_step(nnx.graphdef(abstract), tx, schedule, c.grad_accum_steps,
-                                       c.loss_chunk_size)
-    step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                   donate_argnums=(0,))
-    return {"config": c, "cfg": cfg, "mesh": mesh, "state": state, "batch": batch, "step": step, "tx": tx,
-            "state_shardings": state_sh, "batch_sharding": batch_sh, "options": options}
+    cfg = config_lib.load(c, num_devices)
+    mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+                              devices=jax.devices()[:num_devices])
+    total_steps = cfg.total_steps if cfg.total_steps > 0 else 1000  # the schedule's length changes no shapes
+    setup = setup_lib.build(cfg, mesh, total_steps)
+    return {"config": cfg, "cfg": cfg.model, "mesh": mesh, "state": setup.abstract_state,
+            "batch": setup.abstract_batch(), "step": setup.train_step, "setup": setup}
 
 
 def compile_step(setup: dict[str, Any], simulate: str | None = None) -> Any:
@@ -153,9 +127,8 @@ def compiled_memory(compiled: Any) -> dict[str, int]:
 def state_bytes(setup: dict[str, Any]) -> dict[str, int]:
     """Exact per-device bytes of each part of the training state and of one batch."""
     s = setup["state"]
-    return {"params": _shard_bytes(s["params"]), "opt_state": _shard_bytes(s["opt_state"]),
-            "step_rng": _shard_bytes({"step": s["step"], "rng": s["rng"]}),
-            "batch": _shard_bytes(setup["batch"])}
+    return {"params": _shard_bytes(s.params), "opt_state": _shard_bytes(s.opt_state),
+            "step": _shard_bytes(s.step), "batch": _shard_bytes(setup["batch"])}
 
 
 # Saved activation elements per token per layer, by remat policy; see `activation_bytes`.
@@ -205,14 +178,14 @@ def analytic(setup: dict[str, Any], policy: str | None = None, flash: bool = Fal
     c, cfg, mesh = setup["config"], setup["cfg"], setup["mesh"]
     parts = state_bytes(setup)
     params = parts["params"]
-    param_bytes = jnp.dtype(c.param_dtype).itemsize
+    param_bytes = jnp.dtype(c.run.param_dtype).itemsize
     grads = params // param_bytes * 4  # gradients are accumulated and applied in fp32
     if c.grad_accum_steps > 1:
         grads *= 2  # the running sum plus one micro-batch's gradients
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     rows = c.batch_size // c.grad_accum_steps // batch_shards
-    dtype_bytes = jnp.dtype(c.dtype).itemsize
-    acts = activation_bytes(cfg, policy or c.remat_policy, rows * c.seq_len, c.seq_len, dtype_bytes,
+    dtype_bytes = jnp.dtype(c.run.dtype).itemsize
+    acts = activation_bytes(cfg, policy or c.run.remat_policy, rows * c.seq_len, c.seq_len, dtype_bytes,
                             mesh.shape["tensor"], flash)
     positions = c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len
     logits = 3 * rows * positions * cfg.vocab_size * 4 // mesh.shape["tensor"]  # logits, exp, their gradient
@@ -234,8 +207,8 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fracti
     compiled = compile_step(setup, simulate)
     memory = compiled_memory(compiled)
     platform = simulate or jax.devices()[0].platform
-    flash = setup["config"].attention in ("cudnn", "pallas") or (
-        setup["config"].attention == "auto" and platform in ("gpu", "tpu"))
+    attention = setup["config"].run.attention
+    flash = attention in ("cudnn", "pallas") or (attention == "auto" and platform in ("gpu", "tpu"))
     estimate = analytic(setup, flash=flash)
     budget = hbm_gb * GIB * usable_fraction
     cfg, mesh = setup["cfg"], setup["mesh"]
@@ -244,7 +217,7 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fracti
         "platform": jax.devices()[0].platform, "simulate": simulate, "flash_attention": flash,
         "mesh": dict(mesh.shape), "batch_size": c.batch_size,
         "seq_len": c.seq_len, "grad_accum_steps": c.grad_accum_steps, "dtype": c.dtype,
-        "param_dtype": c.param_dtype, "remat_policy": c.remat_policy, "attention": setup["config"].attention,
+        "param_dtype": c.param_dtype, "remat_policy": c.remat_policy, "attention": attention,
         "loss_chunk_size": c.loss_chunk_size, "compiled": memory, "state": state_bytes(setup),
         "analytic": estimate, "hbm_gb": hbm_gb, "usable_fraction": usable_fraction,
         "fits": memory["total"] <= budget, "fits_analytic": estimate["total"] <= budget,
@@ -317,8 +290,7 @@ def main(argv: list[str]) -> None:
     report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None)
     print(format_report(report))
     if f.json:
-        with open(f.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        atomic_write_json(f.json, report, indent=1)
 
 
 def _define_flags() -> None:

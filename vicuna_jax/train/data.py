@@ -1,0 +1,75 @@
+"""The trainer's data: which tokenizer, preparing raw conversations into the workdir, and the loaders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import jax
+
+from vicuna_jax import parallel
+from vicuna_jax.cli import UserError
+from vicuna_jax.train.config import BUNDLED_DATA, TrainConfig
+
+
+def resolve_tokenizer(cfg: TrainConfig) -> str:
+    """`tokenizer` when set; else the HF model's own tokenizer.model; else the bundled demo tokenizer."""
+    from vicuna_jax.data import bundled_tokenizer_path
+
+    if cfg.tokenizer:
+        return cfg.tokenizer
+    if cfg.init_from_hf:
+        path = os.path.join(cfg.init_from_hf, "tokenizer.model")
+        if not os.path.isfile(path):
+            raise UserError(f"config.tokenizer: {cfg.init_from_hf} has no tokenizer.model; "
+                            "set config.tokenizer")
+        return path
+    return bundled_tokenizer_path()
+
+
+def prepare_data(cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
+    """A prepared dataset directory: `data.path` itself, or raw data prepared into workdir/data (by process
+    0; the others wait for it)."""
+    from vicuna_jax.data.prepare import prepare_dataset
+    from vicuna_jax.data.store import META_FILE
+
+    path = cfg.data.path
+    if path == BUNDLED_DATA:
+        from vicuna_jax.data.prepare import bundled_sample_path
+
+        path = bundled_sample_path()
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, META_FILE)):
+            raise UserError(f"config.data.path: {path} is a directory but not a prepared dataset "
+                            f"(no {META_FILE})")
+        return path
+    out = os.path.join(workdir, "data")
+    if jax.process_index() == 0:
+        # tensorflow-datasets prints progress to stdout; stdout is for the run summary.
+        with contextlib.redirect_stdout(sys.stderr):
+            prepare_dataset(path, out, tokenizer=tokenizer_path, max_length=cfg.seq_len + 1,
+                            template=cfg.data.template, validation_fraction=cfg.data.validation_fraction,
+                            seed=cfg.seed)
+    parallel.sync_processes("prepare_data")
+    return out
+
+
+def train_iterator(cfg: TrainConfig, dataset_dir: str):
+    """The training split's batch iterator (shuffled, packed, this process's rows; resumable)."""
+    from vicuna_jax.data.loader import make_train_iterator
+
+    return make_train_iterator(dataset_dir, split="train", seq_len=cfg.seq_len,
+                               global_batch_size=cfg.batch_size, seed=cfg.seed, packing=cfg.data.packing,
+                               window=cfg.data.window)
+
+
+def eval_batches(cfg: TrainConfig, dataset_dir: str):
+    """The validation split's batches, in order (at most `eval_batches` of them when that is set)."""
+    import itertools
+
+    from vicuna_jax.data.loader import make_eval_batches
+
+    batches = make_eval_batches(dataset_dir, seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
+                                packing=cfg.data.packing)
+    return itertools.islice(batches, cfg.eval_batches) if cfg.eval_batches else batches

@@ -1,0 +1,300 @@
+"""The training run: `train(config, workdir)`, in banner sections Mesh / Data / Model, Shard, Step /
+Checkpoint / Loop. Starting in a workdir that has checkpoints resumes from the latest complete one (params,
+optimizer, step, data position), so the same command restarts a preempted run; SIGTERM/SIGINT save a
+checkpoint and stop.
+
+The loop itself is short: one step, then the periodic actions due after it (log, eval, checkpoint, stop).
+Metrics of step n are fetched from the device after step n+1 is dispatched, so the host never waits for a
+step it does not need to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from vicuna_jax import parallel
+from vicuna_jax.checkpoint import TOKENIZER_FILE
+from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import atomic_write_json
+from vicuna_jax.train import config as config_lib
+from vicuna_jax.train.checkpointing import TrainCheckpoints
+from vicuna_jax.train.config import TrainConfig
+from vicuna_jax.train.data import eval_batches, prepare_data, resolve_tokenizer, train_iterator
+from vicuna_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops
+from vicuna_jax.train.setup import TrainSetup, build
+from vicuna_jax.train.step import StepMetrics
+
+
+class TrainingError(UserError):
+    """The run cannot continue (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """One trained step as logged: the step's metrics plus its wall time and throughput."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    target_tokens: float
+    tokens_per_sec: float
+    step_seconds: float
+    packing_efficiency: float
+    mfu: float | None = None
+
+    def row(self) -> dict[str, float]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "step" and v is not None}
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What `train` returns (and the CLI prints as JSON)."""
+
+    start_step: int
+    total_steps: int
+    final_step: int = 0
+    first_loss: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    stopped_by: str | None = None
+    hf_dir: str | None = None
+    param_shardings: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag the loop checks between steps; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test thread)
+                pass
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        logging.warning("%s received: saving a checkpoint after this step, then exiting", self.signal_name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: ml_collections.ConfigDict | TrainConfig, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) training; returns the run summary as a dict."""
+    # ------------------------------------------------------------------ Mesh
+    if isinstance(config, TrainConfig):
+        cfg = config
+    else:
+        parallel.maybe_initialize_distributed(config.distributed)
+        cfg = config_lib.load(config, jax.device_count())
+    mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    is_main = jax.process_index() == 0
+    logging.info("mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape), jax.device_count(),
+                 jax.devices()[0].device_kind, jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+
+    # ------------------------------------------------------------------ Data
+    from vicuna_jax.data.tokenizer import load_tokenizer
+
+    tokenizer_path = resolve_tokenizer(cfg)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise UserError(f"config.tokenizer: {tokenizer_path} has {tokenizer.vocab_size} pieces but the "
+                        f"model's vocab_size is {cfg.model.vocab_size}")
+    dataset_dir = prepare_data(cfg, workdir, tokenizer_path)
+    train_iter = train_iterator(cfg, dataset_dir)
+    steps_per_epoch = train_iter.batches_in_epoch(0)
+    total_steps = cfg.total_steps if cfg.total_steps > 0 else max(1, round(cfg.num_epochs * steps_per_epoch))
+    logging.info("data: %s, %d batches of %d x %d per epoch (packing efficiency %.3f); %d steps",
+                 dataset_dir, steps_per_epoch, cfg.batch_size, cfg.seq_len, train_iter.packing_efficiency(0),
+                 total_steps)
+    if is_main:
+        shutil.copyfile(tokenizer_path, os.path.join(workdir, TOKENIZER_FILE))
+        atomic_write_json(os.path.join(workdir, "train_config.json"), cfg.source, indent=2, default=str)
+
+    # ------------------------------------------------------------------ Model, Shard, Step
+    setup = build(cfg, mesh, total_steps)
+    logging.info("model: %.1fM parameters, %s compute, %s params, remat=%s, scan=%s, attention=%s",
+                 cfg.model.num_params() / 1e6, cfg.run.dtype, cfg.run.param_dtype, cfg.run.remat_policy,
+                 cfg.run.scan_layers, cfg.run.attention)
+
+    # ------------------------------------------------------------------ Checkpoint
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        state, data_state = checkpoints.restore(latest, setup.abstract_state)
+        train_iter.set_state(data_state)
+        logging.info("resumed from %s/%d (epoch %d, batch %d)", checkpoints.directory, latest,
+                     data_state["epoch"], data_state["batch_in_epoch"])
+    elif cfg.init_from_hf:
+        from vicuna_jax.convert import load_hf
+
+        state = setup.init_state(load_hf(cfg.init_from_hf)[1])
+        logging.info("initialised from %s", cfg.init_from_hf)
+    else:
+        state = setup.init_state()
+    start_step = int(state.step)
+    summary = RunSummary(start_step=start_step, total_steps=total_steps, final_step=start_step)
+    if start_step >= total_steps:
+        logging.info("already trained %d of %d steps", start_step, total_steps)
+
+    # ------------------------------------------------------------------ Loop
+    writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
+    reporter = _Reporter(setup, writer, summary, is_main, start_step, total_steps)
+    has_validation = "validation" in train_iter.dataset.splits
+
+    def evaluate(step: int) -> float | None:
+        return _evaluate(setup, state, dataset_dir, writer, step) if has_validation else None
+
+    data_state = train_iter.get_state()  # the loader position after the last batch trained on
+    last_saved = start_step if latest is not None else -1
+    step = start_step
+    try:
+        with jax.set_mesh(mesh), _StopSignal() as stop:
+            batch = setup.global_batch(next(train_iter)) if step < total_steps else None
+            while step < total_steps:
+                state, metrics = setup.train_step(state, batch)  # dispatched asynchronously
+                step += 1
+                data_state = train_iter.get_state()  # checkpoints resume after this step's batch
+                if step < total_steps:
+                    # Read, assemble and transfer the next batch while this step runs (the finite check
+                    # below is the first thing that waits for it).
+                    batch = setup.global_batch(next(train_iter))
+                reporter.step_done(step, metrics)
+                if not bool(metrics.finite):
+                    checkpoints.wait()
+                    raise _non_finite_error(step, metrics, checkpoints)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
+                    summary.eval_loss = evaluate(step)
+                stop_now = parallel.any_process(stop.requested)
+                if step % cfg.checkpoint_every == 0 or step == total_steps or stop_now:
+                    checkpoints.save(step, state, data_state, cfg.model)
+                    last_saved = step
+                if stop_now:
+                    logging.warning("stopping at step %d after %s (checkpoint saved)", step, stop.signal_name)
+                    summary.stopped_by = stop.signal_name
+                    break
+            reporter.flush()
+            if last_saved != step and step > start_step:
+                checkpoints.save(step, state, data_state, cfg.model)
+            checkpoints.wait()
+            summary.final_step = step
+            summary.param_shardings = {
+                "/".join(str(getattr(k, "key", k)) for k in path): str(leaf.sharding.spec)
+                for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+            if step >= total_steps and summary.stopped_by is None:
+                if cfg.eval_every:
+                    summary.eval_loss = evaluate(step)
+                if cfg.export_hf_at_end:
+                    summary.hf_dir = export_hf(state.params, cfg, workdir, tokenizer_path)
+    finally:
+        checkpoints.wait()  # a save in flight always completes, even when the run fails
+        reporter.close()
+        writer.close()
+        checkpoints.close()
+    return summary.as_dict()
+
+
+class _Reporter:
+    """Turns each step's device metrics into a `StepReport` one step late (so fetching them never stalls
+    the device), logs every `log_every` steps, and keeps the summary's first and last loss."""
+
+    def __init__(self, setup: TrainSetup, writer: MetricsWriter, summary: RunSummary, enabled: bool,
+                 start: int, total: int):
+        from tqdm import tqdm
+
+        cfg = setup.cfg
+        self.cfg, self.writer, self.summary = cfg, writer, summary
+        self.slots = float(cfg.batch_size * cfg.seq_len)
+        self.flops = flops_per_token(cfg.model, cfg.seq_len)
+        self.peak = cfg.peak_flops_per_device or peak_flops(jax.devices()[0].device_kind, cfg.run.dtype)
+        self.progress = tqdm(total=total, initial=start, disable=not enabled, file=sys.stderr,
+                             dynamic_ncols=True, desc="train", unit="step")
+        self.pending: tuple[int, StepMetrics, float] | None = None
+        self.t_last = time.perf_counter()
+
+    def step_done(self, step: int, metrics: StepMetrics) -> None:
+        now = time.perf_counter()
+        self.flush()
+        self.pending = (step, metrics, now - self.t_last)
+        self.t_last = now
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        step, m, seconds = self.pending
+        self.pending = None
+        tokens_per_sec = self.slots / seconds if seconds > 0 else 0.0
+        report = StepReport(
+            step=step, loss=float(m.loss), grad_norm=float(m.grad_norm), lr=float(m.lr),
+            target_tokens=float(m.target_tokens), tokens_per_sec=tokens_per_sec, step_seconds=seconds,
+            packing_efficiency=float(m.nonpad_tokens) / self.slots,
+            mfu=tokens_per_sec * self.flops / (self.peak * jax.device_count()) if self.peak else None)
+        self.summary.loss = report.loss
+        if self.summary.first_loss is None:
+            self.summary.first_loss = report.loss
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{report.loss:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
+        if step % self.cfg.log_every == 0 or step == 1:
+            self.writer.write(step, report.row())
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _evaluate(setup: TrainSetup, state: Any, dataset_dir: str, writer: MetricsWriter, step: int) -> float:
+    """Token-weighted loss over the validation split."""
+    loss_sum, count = 0.0, 0.0
+    for local in eval_batches(setup.cfg, dataset_dir):
+        s, n = setup.eval_step(state.params, setup.global_batch(local))
+        loss_sum, count = loss_sum + float(s), count + float(n)
+    value = loss_sum / max(count, 1.0)
+    writer.write(step, {"eval_loss": value, "eval_target_tokens": count})
+    logging.info("step %d: eval loss %.4f over %d target tokens", step, value, count)
+    return value
+
+
+def _non_finite_error(step: int, metrics: StepMetrics, checkpoints: TrainCheckpoints) -> TrainingError:
+    return TrainingError(
+        f"step {step}: loss or gradient is not finite (loss={float(metrics.loss)}, "
+        f"grad_norm={float(metrics.grad_norm)}); stopped without applying it. The last good checkpoint is "
+        f"step {checkpoints.latest_step()} in {checkpoints.directory}. Lower the learning rate or check the "
+        "data, then rerun the same command to resume.")
+
+
+def export_hf(params: Any, cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
+    """Writes workdir/hf from the final parameters (process 0; every process takes part in the gather)."""
+    from vicuna_jax.convert import save_hf
+
+    params = parallel.gather_to_host(params)
+    out = os.path.join(workdir, "hf")
+    if jax.process_index() == 0:
+        save_hf(params, cfg.model, out, dtype=cfg.export_dtype, tokenizer=tokenizer_path,
+                template=cfg.data.template, overwrite=True)
+        logging.info("exported Hugging Face model to %s", out)
+    parallel.sync_processes("export_hf")
+    return out
