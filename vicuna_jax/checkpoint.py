@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.fileio import replace_dir
+from vicuna_jax.fileio import replace_dir, resolve_output_dir
 from vicuna_jax.model.config import LlamaConfig
 
 PARAMS_ITEM = "params"
@@ -101,7 +101,7 @@ def find_tokenizer(checkpoint_dir: str) -> str | None:
 def save_model(directory: str, params: Any, cfg: LlamaConfig, *, tokenizer_path: str | None = None,
                overwrite: bool = False) -> str:
     """Writes a model-only checkpoint (params + config [+ tokenizer.model]); atomic: tmp dir, then rename."""
-    directory = os.path.abspath(directory)
+    directory = resolve_output_dir(directory)
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory} already exists (pass overwrite=True / --overwrite to replace it)")
     parent = os.path.dirname(directory)

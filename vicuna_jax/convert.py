@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.fileio import replace_dir
+from vicuna_jax.fileio import replace_dir, resolve_output_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 # Our parameter path -> (HF name with {i} for the layer, transpose?). Layer entries are stacked on axis 0.
@@ -277,7 +277,7 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
 
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    out_dir = os.path.abspath(out_dir)
+    out_dir = resolve_output_dir(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise ConvertError(f"{out_dir} already exists (use --overwrite to replace it)")
     if tokenizer is not None and not os.path.exists(tokenizer):

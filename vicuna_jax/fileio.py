@@ -63,17 +63,34 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> 
         json.dump(obj, f, **dump_kwargs)
 
 
+def resolve_output_dir(path: str | os.PathLike) -> str:
+    """The absolute directory a writer should create or replace. A symlink, even a dangling one, is
+    followed to its target: the link keeps pointing at the new content, and temporary siblings are made
+    next to the real directory (on its filesystem, so the final rename is atomic)."""
+    path = os.path.abspath(os.fspath(path))
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def replace_dir(tmp: str, final: str) -> None:
-    """Moves a fully written `tmp` directory to `final`, replacing any existing one.
+    """Moves a fully written `tmp` directory to `final` (see `resolve_output_dir`), replacing any existing
+    one.
 
     The old directory is renamed aside before the new one is renamed in, so at every moment `final` is
     either the complete old or the complete new directory.
     """
-    if os.path.exists(final):
+    final = resolve_output_dir(final)
+    if os.path.lexists(final):
         old = final + ".tmp-old"
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         os.rename(final, old)
         os.rename(tmp, final)
-        shutil.rmtree(old)
+        _remove(old)
     else:
         os.rename(tmp, final)
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)

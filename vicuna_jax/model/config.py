@@ -99,6 +99,9 @@ class LlamaConfig:
                 raise ConfigError(f"no config.json at {path}") from None
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: invalid JSON: {e}") from None
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{source}: must hold a JSON object (a model config), got "
+                              f"{json.dumps(hf)[:40]}")
         archs = hf.get("architectures") or ["LlamaForCausalLM"]
         model_type = hf.get("model_type", "llama")
         if model_type != "llama" or not any(a == "LlamaForCausalLM" for a in archs):

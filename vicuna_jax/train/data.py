@@ -73,3 +73,28 @@ def eval_batches(cfg: TrainConfig, dataset_dir: str):
     batches = make_eval_batches(dataset_dir, seq_len=cfg.seq_len, global_batch_size=cfg.batch_size,
                                 packing=cfg.data.packing)
     return itertools.islice(batches, cfg.eval_batches) if cfg.eval_batches else batches
+
+
+def check_dataset(cfg: TrainConfig, dataset_dir: str, tokenizer) -> None:
+    """Before the model is built: the data was encoded with this run's tokenizer and has target tokens.
+
+    Data encoded by another tokenizer holds ids the model would read as other words (or past its
+    vocabulary), and a split without target tokens trains on nothing: both fail here, naming what differs."""
+    from vicuna_jax.data.store import PreparedDataset
+
+    meta = PreparedDataset(dataset_dir).meta
+    options = meta.get("options")
+    stored = options.get("tokenizer_fingerprint") if isinstance(options, dict) else None
+    if stored is not None and stored != tokenizer.fingerprint:
+        raise UserError(
+            f"config.data.path: {dataset_dir} was prepared with the tokenizer {meta.get('tokenizer', '?')} "
+            f"(fingerprint {stored}), but this run uses {tokenizer.model_path} (fingerprint "
+            f"{tokenizer.fingerprint}); prepare the data again with the run's tokenizer")
+    train = meta.get("splits", {}).get("train", {})
+    if train.get("examples", 0) == 0:
+        raise UserError(f"config.data.path: {dataset_dir} has no training conversations")
+    if train.get("target_tokens", 1) == 0:
+        raise UserError(
+            f"config.data.path: the {train['examples']} training conversations in {dataset_dir} have no "
+            f"target (assistant) tokens at seq_len {cfg.seq_len}: every reply was cut off. Raise "
+            "config.seq_len.")

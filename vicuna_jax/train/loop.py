@@ -10,6 +10,7 @@ step it does not need to.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -29,10 +30,19 @@ from vicuna_jax.fileio import atomic_write_json
 from vicuna_jax.train import config as config_lib
 from vicuna_jax.train.checkpointing import TrainCheckpoints
 from vicuna_jax.train.config import TrainConfig
-from vicuna_jax.train.data import eval_batches, prepare_data, resolve_tokenizer, train_iterator
+from vicuna_jax.train.data import (
+    check_dataset,
+    eval_batches,
+    prepare_data,
+    resolve_tokenizer,
+    train_iterator,
+)
 from vicuna_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops
 from vicuna_jax.train.setup import TrainSetup, build
 from vicuna_jax.train.step import StepMetrics
+from vicuna_jax.train.workdir import WorkdirLock, ensure_workdir
+
+HF_EXPORT_DIR = "hf"  # workdir/hf: the Hugging Face export written when training finishes
 
 
 class TrainingError(UserError):
@@ -68,6 +78,7 @@ class RunSummary:
     loss: float | None = None
     eval_loss: float | None = None
     stopped_by: str | None = None
+    already_complete: bool | None = None
     hf_dir: str | None = None
     param_shardings: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -104,18 +115,23 @@ class _StopSignal:
 
 
 def train(config: ml_collections.ConfigDict | TrainConfig, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) training; returns the run summary as a dict."""
-    # ------------------------------------------------------------------ Mesh
+    """Runs (or resumes) training in `workdir`, holding its lock; returns the run summary as a dict."""
     if isinstance(config, TrainConfig):
         cfg = config
     else:
         parallel.maybe_initialize_distributed(config.distributed)
         cfg = config_lib.load(config, jax.device_count())
+    ensure_workdir(workdir)
+    with WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(cfg, workdir)
+
+
+def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
+    # ------------------------------------------------------------------ Mesh
     mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     is_main = jax.process_index() == 0
     logging.info("mesh %s over %d devices (%s), %d process(es)", dict(mesh.shape), jax.device_count(),
                  jax.devices()[0].device_kind, jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
 
     # ------------------------------------------------------------------ Data
     from vicuna_jax.data.tokenizer import load_tokenizer
@@ -126,8 +142,13 @@ def train(config: ml_collections.ConfigDict | TrainConfig, workdir: str) -> dict
         raise UserError(f"config.tokenizer: {tokenizer_path} has {tokenizer.vocab_size} pieces but the "
                         f"model's vocab_size is {cfg.model.vocab_size}")
     dataset_dir = prepare_data(cfg, workdir, tokenizer_path)
+    check_dataset(cfg, dataset_dir, tokenizer)
     train_iter = train_iterator(cfg, dataset_dir)
     steps_per_epoch = train_iter.batches_in_epoch(0)
+    if steps_per_epoch == 0:
+        raise UserError(f"config.batch_size: the training split of {dataset_dir} fills fewer than one "
+                        f"global batch of {cfg.batch_size} rows x {cfg.seq_len} tokens; lower batch_size or "
+                        "add data")
     total_steps = cfg.total_steps if cfg.total_steps > 0 else max(1, round(cfg.num_epochs * steps_per_epoch))
     logging.info("data: %s, %d batches of %d x %d per epoch (packing efficiency %.3f); %d steps",
                  dataset_dir, steps_per_epoch, cfg.batch_size, cfg.seq_len, train_iter.packing_efficiency(0),
@@ -159,8 +180,16 @@ def train(config: ml_collections.ConfigDict | TrainConfig, workdir: str) -> dict
         state = setup.init_state()
     start_step = int(state.step)
     summary = RunSummary(start_step=start_step, total_steps=total_steps, final_step=start_step)
-    if start_step >= total_steps:
-        logging.info("already trained %d of %d steps", start_step, total_steps)
+    hf_dir = os.path.join(workdir, HF_EXPORT_DIR)
+    if start_step >= total_steps and (os.path.isfile(os.path.join(hf_dir, "config.json"))
+                                      or not cfg.export_hf_at_end):
+        # Finished before: nothing to train, evaluate or export again.
+        logging.info("this run is already complete: %d of %d steps trained%s", start_step, total_steps,
+                     f", exported to {hf_dir}" if cfg.export_hf_at_end else "")
+        checkpoints.close()
+        summary.already_complete = True
+        summary.hf_dir = hf_dir if cfg.export_hf_at_end else None
+        return summary.as_dict()
 
     # ------------------------------------------------------------------ Loop
     writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
@@ -291,7 +320,7 @@ def export_hf(params: Any, cfg: TrainConfig, workdir: str, tokenizer_path: str) 
     from vicuna_jax.convert import save_hf
 
     params = parallel.gather_to_host(params)
-    out = os.path.join(workdir, "hf")
+    out = os.path.join(workdir, HF_EXPORT_DIR)
     if jax.process_index() == 0:
         save_hf(params, cfg.model, out, dtype=cfg.export_dtype, tokenizer=tokenizer_path,
                 template=cfg.data.template, overwrite=True)
