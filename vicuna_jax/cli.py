@@ -9,6 +9,7 @@ absl flags call `run(main, define_flags)`; tools built on argparse call `run_arg
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -18,17 +19,27 @@ INTERRUPT_EXIT = 130
 
 
 class UserError(ValueError):
-    """Bad input from the user (file, flag, config key): printed as one line, no traceback."""
+    """Bad input from the user (file, flag, config key): printed as one line, no traceback.
+
+    `exit_now`: end the process right after the message without waiting for library threads (for failures
+    that leave a library's background threads waiting forever, e.g. an orbax save to a read-only disk)."""
+
+    exit_now = False
 
 
 _CHATTY_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/grain/", "/jax/_src/")
 
 
 class _QuietLibraries(logging.Filter):
-    """Keeps our INFO logs; from checkpoint/dataset libraries only warnings and errors."""
+    """Keeps our INFO logs; from checkpoint/dataset libraries only warnings and errors, as one line each
+    (their tracebacks are for their developers; ours says what happened and what to do)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
+        if not any(s in record.pathname for s in _CHATTY_LIBRARIES):
+            return True
+        if record.exc_info or record.exc_text:
+            record.exc_info, record.exc_text = None, None
+        return record.levelno >= logging.WARNING
 
 
 def quiet_library_logs() -> None:
@@ -37,9 +48,13 @@ def quiet_library_logs() -> None:
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
-def fail(message: str) -> NoReturn:
-    """Prints `error: message` (one line per line of message) and exits with the usage status."""
+def fail(message: str, exit_now: bool = False) -> NoReturn:
+    """Prints `error: message` and exits with the usage status (at once, skipping thread joins, when
+    `exit_now`)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if exit_now:
+        sys.stdout.flush()
+        os._exit(USAGE_EXIT)
     sys.exit(USAGE_EXIT)
 
 
@@ -48,7 +63,7 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Any:
     try:
         return fn(*args)
     except UserError as e:
-        fail(str(e))
+        fail(str(e), exit_now=e.exit_now)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(INTERRUPT_EXIT)

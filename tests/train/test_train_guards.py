@@ -95,9 +95,9 @@ def _other_tokenizer(tmp_path) -> str:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
     prefix = str(tmp_path / "other")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=prefix, vocab_size=600, model_type="bpe", character_coverage=0.99,
-                                   byte_fallback=True, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
-                                   minloglevel=2)
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=prefix, vocab_size=600, model_type="bpe",
+                                   character_coverage=0.99, byte_fallback=True, bos_id=1, eos_id=2, unk_id=0,
+                                   pad_id=-1, minloglevel=2)
     return prefix + ".model"
 
 

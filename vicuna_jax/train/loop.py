@@ -165,9 +165,10 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ Checkpoint
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        state, data_state = checkpoints.restore(latest, setup.abstract_state)
+    resumed = checkpoints.restore_latest(setup.abstract_state)
+    latest = resumed[0] if resumed else None
+    if resumed is not None:
+        _, state, data_state = resumed
         train_iter.set_state(data_state)
         logging.info("resumed from %s/%d (epoch %d, batch %d)", checkpoints.directory, latest,
                      data_state["epoch"], data_state["batch_in_epoch"])
@@ -214,6 +215,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                     # below is the first thing that waits for it).
                     batch = setup.global_batch(next(train_iter))
                 reporter.step_done(step, metrics)
+                checkpoints.check()  # an asynchronous save that failed stops the run here
                 if not bool(metrics.finite):
                     checkpoints.wait()
                     raise _non_finite_error(step, metrics, checkpoints)
