@@ -32,7 +32,7 @@ CASES = {
     "model missing": (CHAT, json.dumps({"messages": USER}).encode(), 400, "model", "invalid_type"),
     "negative max_tokens": (CHAT, chat(max_tokens=-1), 400, "max_tokens", "invalid_value"),
     "zero max_tokens": (CHAT, chat(max_tokens=0), 400, "max_tokens", "invalid_value"),
-    "huge max_tokens": (CHAT, chat(max_tokens=10**12), 400, "max_tokens", "invalid_value"),
+    "absurd max_tokens": (CHAT, chat(max_tokens=10**30), 400, "max_tokens", "invalid_value"),
     "string max_tokens": (CHAT, chat(max_tokens="12"), 400, "max_tokens", "invalid_type"),
     "bool max_tokens": (CHAT, chat(max_tokens=True), 400, "max_tokens", "invalid_type"),
     "fractional max_tokens": (CHAT, chat(max_tokens=2.5), 400, "max_tokens", "invalid_type"),

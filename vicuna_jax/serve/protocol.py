@@ -15,6 +15,7 @@ from typing import Any
 
 MAX_STOP_STRINGS = 4
 MAX_BODY_BYTES = 8 << 20  # the server's default; `limits.RequestLimits` enforces it while the body arrives
+MAX_TOKENS = (1 << 31) - 1  # sanity bound; what the context leaves is the real limit (api clamps to it)
 
 
 class APIError(Exception):
@@ -175,11 +176,12 @@ def refuse_unsupported(body: dict) -> None:
             raise bad(f"'{name}' other than 0 is not supported by this server", name, "unsupported_parameter")
 
 
-def parse_sampling(body: dict, *, context_len: int, max_n: int) -> Sampling:
-    """Reads and checks the sampling fields; unsupported features are refused rather than ignored."""
+def parse_sampling(body: dict, *, max_n: int) -> Sampling:
+    """Reads and checks the sampling fields; unsupported features are refused rather than ignored.
+    `max_tokens` is only checked to be positive here: the API clamps it to what each prompt leaves."""
     refuse_unsupported(body)
-    max_tokens = get_int(body, "max_tokens", None, 1, context_len)
-    max_tokens = get_int(body, "max_completion_tokens", max_tokens, 1, context_len)
+    max_tokens = get_int(body, "max_tokens", None, 1, MAX_TOKENS)
+    max_tokens = get_int(body, "max_completion_tokens", max_tokens, 1, MAX_TOKENS)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("'stream_options' must be an object", "stream_options", "invalid_type")
