@@ -190,6 +190,18 @@ def test_connection_cap_answers_503(served):
                 sock.close()
 
 
+def test_headers_over_the_limit_get_431(served):
+    with limited_server(served, max_header_bytes=4096) as thread:
+        with connect(thread) as sock:  # arrives whole: uvicorn's parser alone would take it
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 6000 + b"\r\n\r\n")
+            status, headers, body = read_response(sock)
+            assert status == 431 and headers.get("connection") == "close"
+            assert_openai_error(body, "headers_too_large")
+        with connect(thread) as sock:  # just under the limit
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n")
+            assert read_response(sock)[0] == 200
+
+
 # ------------------------------------------------------------ hang-ups
 
 

@@ -107,7 +107,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_connections", limits.max_connections,
                          "Open connections; a request on one more gets HTTP 503.")
     flags.DEFINE_integer("max_header_bytes", limits.max_header_bytes,
-                         "Largest request line + headers (HTTP 400 beyond).")
+                         "Largest request target + headers (HTTP 431 beyond).")
     flags.DEFINE_string("api_key", None, f"Required bearer key for /v1 (prefer the {API_KEY_ENV} "
                         "environment variable: flags show up in process lists).")
     flags.DEFINE_string("template", "vicuna_v1.1", "Chat template for /v1/chat/completions.")

@@ -9,9 +9,10 @@ Two layers, because uvicorn only calls the app once a request's headers are comp
   request quietly (no traceback).
 - `protocol_class(limits)` is uvicorn's h11 protocol plus a header deadline (a connection that has not sent
   a complete request line and headers within `header_timeout` seconds, from connecting or from its first
-  byte after a keep-alive wait, is closed) and a connection cap that answers 503 in OpenAI's error format
-  (uvicorn's own `limit_concurrency` answers plain text). Keep-alive and the header size limit are
-  uvicorn's (`timeout_keep_alive`, `h11_max_incomplete_event_size`).
+  byte after a keep-alive wait, is closed), a connection cap that answers 503 in OpenAI's error format
+  (uvicorn's own `limit_concurrency` answers plain text) and a header size limit (431; h11's
+  `max_incomplete_event_size` only bounds headers still arriving, which get uvicorn's plain 400).
+  Keep-alive is uvicorn's `timeout_keep_alive`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class ConnectionLimits:
     header_timeout: float = 20.0  # seconds to send the request line and headers
     keep_alive_timeout: float = 30.0  # idle seconds between requests (longer than clients' 5 s pool expiry)
     max_connections: int = 512  # open connections; a request on one more gets 503
-    max_header_bytes: int = 16 << 10  # request line + headers (h11 answers 400 beyond it)
+    max_header_bytes: int = 16 << 10  # request target + headers: 431 beyond (400 while still arriving)
 
     def __post_init__(self) -> None:
         if min(self.header_timeout, self.keep_alive_timeout) <= 0:
@@ -146,12 +147,19 @@ class _LimitedH11Protocol(H11Protocol):
             self.transport.close()
 
     async def _app_or_refuse(self, scope: Scope, receive: Any, send: Any) -> None:
-        cap = self.limits.max_connections
-        if scope["type"] == "http" and (len(self.connections) > cap or len(self.tasks) > cap):
-            err = APIError(503, f"too many connections (the limit is {cap}); retry later",
-                           type="server_error", code="too_many_connections", headers={"Retry-After": "1"})
-            await _refusal(err)(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            cap, max_head = self.limits.max_connections, self.limits.max_header_bytes
+            head = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4
+                                                                             for k, v in scope["headers"])
+            err = None
+            if len(self.connections) > cap or len(self.tasks) > cap:
+                err = APIError(503, f"too many connections (the limit is {cap}); retry later",
+                               type="server_error", code="too_many_connections", headers={"Retry-After": "1"})
+            elif head > max_head:
+                err = APIError(431, f"request headers over {max_head} bytes", code="headers_too_large")
+            if err is not None:
+                await _refusal(err)(scope, receive, send)
+                return
         await self._inner_app(scope, receive, send)
 
 
