@@ -51,7 +51,10 @@ def raw_request(served: Served, method: str, path: str, body: bytes | None = Non
         h = {"Content-Type": "application/json", **(headers or {})}
         if key is not None:
             h["Authorization"] = f"Bearer {key}"
-        conn.request(method, path, body=body, headers=h)
+        try:
+            conn.request(method, path, body=body, headers=h)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered before the body was sent (413) and closed; the answer is readable
         response = conn.getresponse()
         data = response.read()
         try:

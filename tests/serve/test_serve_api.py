@@ -26,6 +26,10 @@ def test_models_and_health(served, client):
     assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
     health = served.health()
     assert health["status"] == "ok" and health["model"] == MODEL_NAME and health["context_len"] == 512
+    # Like vLLM, each model entry says its context length, so clients can size their requests.
+    status, models = raw_request(served, "GET", "/v1/models")
+    assert status == 200 and [m["max_model_len"] for m in models["data"]] == [512]
+    assert raw_request(served, "GET", f"/v1/models/{MODEL_NAME}")[1]["max_model_len"] == 512
 
 
 @pytest.mark.parametrize("messages", CONVERSATIONS, ids=["one-turn", "system+multi-turn"])
@@ -114,6 +118,49 @@ def test_max_tokens_and_length(client):
     got = client.chat.completions.create(model=MODEL_NAME, messages=CONVERSATIONS[1], temperature=0,
                                          max_tokens=7, extra_body={"ignore_eos": True})
     assert got.choices[0].finish_reason == "length" and got.usage.completion_tokens == 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_beyond_the_context_is_clamped(client, stream):
+    """The judge asks for 2048 tokens whatever the model: a 512-token context gives what the prompt leaves,
+    and the reply ends with "length"."""
+    prompt = [1] + [7] * 480  # 31 tokens left
+    kw = dict(model=MODEL_NAME, prompt=prompt, max_tokens=2048, temperature=0,
+              extra_body={"ignore_eos": True})
+    if stream:
+        chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+        reason = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert reason == ["length"] and chunks[-1].usage.completion_tokens == 31
+    else:
+        got = client.completions.create(**kw)
+        assert got.choices[0].finish_reason == "length" and got.usage.completion_tokens == 31
+        # Without max_tokens the budget is the same.
+        kw["max_tokens"] = None
+        assert client.completions.create(**kw).usage.completion_tokens == 31
+
+
+def test_max_completion_tokens_beyond_the_context_in_chat(client, served):
+    words = 400
+    messages = [{"role": "user", "content": "word " * words}]
+    while len(encode_prompt(messages, served.tokenizer)) > 490:
+        words -= 10
+        messages = [{"role": "user", "content": "word " * words}]
+    got = client.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0,
+                                         max_completion_tokens=4096, extra_body={"ignore_eos": True})
+    prompt_tokens = len(encode_prompt(messages, served.tokenizer))
+    assert got.usage.prompt_tokens == prompt_tokens
+    assert got.usage.completion_tokens <= 512 - prompt_tokens
+    if got.choices[0].finish_reason == "length":  # not a template stop string first
+        assert got.usage.completion_tokens == 512 - prompt_tokens
+
+
+def test_default_valued_features_are_accepted(client):
+    """Unsupported features are refused (tests/serve/test_serve_errors.py) unless they ask for the default."""
+    got = client.chat.completions.create(model=MODEL_NAME, messages=CONVERSATIONS[0], max_tokens=3,
+                                         response_format={"type": "text"}, tool_choice="none", logprobs=False,
+                                         presence_penalty=0, frequency_penalty=0, n=1,
+                                         extra_body={"min_p": 0.0, "repetition_penalty": 1.0})
+    assert got.choices[0].finish_reason in ("length", "stop")
 
 
 def test_n_choices_and_seed(client):

@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -62,3 +63,28 @@ def test_cli_rejects_bad_flags(tiny_checkpoint):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "error: --max_batch, --decode_steps, --max_waiting and --max_prefill_tokens must be >= 1"
+
+
+def test_cli_user_mistakes_end_with_one_error_line(tiny_checkpoint, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    missing = tmp_path / "no-such-model"
+    cases = {  # flags: the whole last line of stderr, or a prefix of it
+        (f"--model={missing}",): f"error: --model: no such directory: {missing}",
+        (f"--model={tiny_checkpoint}", f"--port={port}"): f"error: cannot listen on 127.0.0.1:{port}: ",
+        (f"--model={tiny_checkpoint}", "--header_timeout=0"):
+            "error: --header_timeout, --body_timeout and --keep_alive_timeout must be > 0 (seconds)",
+        (f"--model={tiny_checkpoint}", "--max_body_bytes=-1"):
+            "error: --max_body_bytes, --max_connections and --max_header_bytes must be >= 1",
+    }
+    try:
+        for flags, want in cases.items():
+            proc = subprocess.run([sys.executable, "-m", "vicuna_jax.serve", *flags], capture_output=True,
+                                  text=True, env=_env(), timeout=120)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and lines and lines[-1].startswith(want), (flags, proc.stderr[-2000:])
+            assert "Traceback" not in proc.stderr
+    finally:
+        taken.close()

@@ -32,7 +32,7 @@ CASES = {
     "model missing": (CHAT, json.dumps({"messages": USER}).encode(), 400, "model", "invalid_type"),
     "negative max_tokens": (CHAT, chat(max_tokens=-1), 400, "max_tokens", "invalid_value"),
     "zero max_tokens": (CHAT, chat(max_tokens=0), 400, "max_tokens", "invalid_value"),
-    "huge max_tokens": (CHAT, chat(max_tokens=10**12), 400, "max_tokens", "invalid_value"),
+    "absurd max_tokens": (CHAT, chat(max_tokens=10**30), 400, "max_tokens", "invalid_value"),
     "string max_tokens": (CHAT, chat(max_tokens="12"), 400, "max_tokens", "invalid_type"),
     "bool max_tokens": (CHAT, chat(max_tokens=True), 400, "max_tokens", "invalid_type"),
     "fractional max_tokens": (CHAT, chat(max_tokens=2.5), 400, "max_tokens", "invalid_type"),
@@ -45,6 +45,24 @@ CASES = {
     "too many stops": (CHAT, chat(stop=list("abcde")), 400, "stop", "invalid_value"),
     "stream not bool": (CHAT, chat(stream="yes"), 400, "stream", "invalid_type"),
     "logprobs": (CHAT, chat(logprobs=True), 400, "logprobs", "unsupported_parameter"),
+    "completion logprobs 0": (COMPLETIONS, completion(prompt="Hi", logprobs=0), 400, "logprobs",
+                              "unsupported_parameter"),
+    "top_logprobs": (CHAT, chat(top_logprobs=2), 400, "top_logprobs", "unsupported_parameter"),
+    "json mode": (CHAT, chat(response_format={"type": "json_object"}), 400, "response_format",
+                  "unsupported_parameter"),
+    "json schema": (CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), 400,
+                    "response_format", "unsupported_parameter"),
+    "tools": (CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools",
+              "unsupported_parameter"),
+    "tool_choice required": (CHAT, chat(tool_choice="required"), 400, "tool_choice", "unsupported_parameter"),
+    "functions": (CHAT, chat(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter"),
+    "logit_bias": (CHAT, chat(logit_bias={"5": 10}), 400, "logit_bias", "unsupported_parameter"),
+    "best_of": (COMPLETIONS, completion(prompt="Hi", best_of=3), 400, "best_of", "unsupported_parameter"),
+    "echo": (COMPLETIONS, completion(prompt="Hi", echo=True), 400, "echo", "unsupported_parameter"),
+    "audio output": (CHAT, chat(modalities=["text", "audio"]), 400, "modalities", "unsupported_parameter"),
+    "vllm min_p": (CHAT, chat(min_p=0.1), 400, "min_p", "unsupported_parameter"),
+    "vllm guided_json": (CHAT, chat(guided_json={"type": "object"}), 400, "guided_json",
+                         "unsupported_parameter"),
     "no messages": (CHAT, chat(messages=[]), 400, "messages", "invalid_type"),
     "message not an object": (CHAT, chat(messages=["hi"]), 400, "messages[0]", "invalid_type"),
     "content not text": (CHAT, chat(messages=[{"role": "user", "content": 3}]), 400, "messages[0].content",
@@ -64,6 +82,17 @@ CASES = {
     "prompt wrong type": (COMPLETIONS, completion(prompt={"a": 1}), 400, "prompt", "invalid_type"),
     "unknown route": ("/v1/embeddings", b"{}", 404, None, "not_found"),
     "body too large": (CHAT, b" " * (9 << 20), 413, None, "request_too_large"),
+    # Nesting past the parser's recursion limit: a 400, not a 500 with a RecursionError traceback.
+    "deeply nested json": (CHAT, chat()[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None,
+                           "invalid_json"),
+    "deeply nested messages": (CHAT, chat(messages=None)[:-1].replace(b'"messages": null', b'"messages": ' +
+                                                                        b"{\"a\": " * 50_000 + b"1" +
+                                                                        b"}" * 50_000) + b"}",
+                               400, None, "invalid_json"),
+    # Nesting the parser takes, in a field whose error message shows the value.
+    "nested max_tokens": (CHAT, chat(max_tokens=None).replace(b'"max_tokens": null', b'"max_tokens": ' +
+                                                               b"[" * 900 + b"]" * 900), 400, "max_tokens",
+                          "invalid_type"),
 }
 
 

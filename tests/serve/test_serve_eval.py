@@ -54,9 +54,11 @@ def test_answers_then_judge_through_the_server(served, reference, tmp_path):
     assert len(rows[1]["choices"][0]["turns"]) == 2
 
     judgments = tmp_path / "judgments.jsonl"
+    # The judge's default max_tokens (2048) is over the model's whole 512-token context, as in the README's
+    # self-judging command: the server clamps it to what each prompt leaves.
     proc = _cli("vicuna_jax.eval.judge", ["--mode=single", f"--judge_model={MODEL_NAME}",
                                           f"--question_file={questions}", f"--answer_files={answers}",
-                                          f"--output_file={judgments}", "--max_tokens=32", "--parallel=3",
+                                          f"--output_file={judgments}", "--parallel=3",
                                           "--max_retries=0"], served)
     assert proc.returncode == 0, proc.stderr[-3000:]
     judged = _rows(judgments)

@@ -2,6 +2,8 @@
 
     python -m vicuna_jax.serve --model=DIR [--host=127.0.0.1] [--port=8000] [--max_batch=16]
         [--template=vicuna_v1.1] [--model_name=NAME] [--api_key=KEY]   (or VICUNA_JAX_API_KEY=KEY)
+        [--max_body_bytes=8388608] [--max_connections=512] [--header_timeout=20] [--body_timeout=30]
+        [--keep_alive_timeout=30] [--max_header_bytes=16384]
 
 Then open http://127.0.0.1:8000/ to chat, or point any OpenAI client at it:
 OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=KEY (any value when no key is set).
@@ -22,6 +24,7 @@ def main(argv: list[str]) -> None:
 
     from vicuna_jax.data import get_template
     from vicuna_jax.serve.api import ServeConfig, build_app
+    from vicuna_jax.serve.limits import ConnectionLimits
     from vicuna_jax.serve.server import bind, load_engine, make_server
 
     f = flags.FLAGS
@@ -29,6 +32,12 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     if min(f.max_batch, f.decode_steps, f.max_waiting, f.max_prefill_tokens) < 1:
         raise UserError("--max_batch, --decode_steps, --max_waiting and --max_prefill_tokens must be >= 1")
+    if min(f.max_body_bytes, f.max_connections, f.max_header_bytes) < 1:
+        raise UserError("--max_body_bytes, --max_connections and --max_header_bytes must be >= 1")
+    if min(f.header_timeout, f.body_timeout, f.keep_alive_timeout) <= 0:
+        raise UserError("--header_timeout, --body_timeout and --keep_alive_timeout must be > 0 (seconds)")
+    limits = ConnectionLimits(header_timeout=f.header_timeout, keep_alive_timeout=f.keep_alive_timeout,
+                              max_connections=f.max_connections, max_header_bytes=f.max_header_bytes)
     if not 0 <= f.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {f.port}")
     try:
@@ -49,7 +58,8 @@ def main(argv: list[str]) -> None:
                                         max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key))
+    app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key, max_body_bytes=f.max_body_bytes,
+                                                   body_timeout=f.body_timeout))
     host, port = sock.getsockname()[:2]
     logging.info("serving model '%s' (context %d, %d rows) at http://%s:%d/ (chat page) and /v1 (API)%s",
                  name, engine.context_len, f.max_batch, host, port, "; API key required" if api_key else "")
@@ -58,7 +68,7 @@ def main(argv: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_quietly)
     try:
-        make_server(app, log_level=f.log_level, access_log=f.access_log).run(sockets=[sock])
+        make_server(app, log_level=f.log_level, access_log=f.access_log, limits=limits).run(sockets=[sock])
     finally:
         engine.shutdown()
         sock.close()
@@ -72,6 +82,9 @@ def _exit_quietly(signum: int, frame: object) -> None:
 def _define_flags() -> None:
     from absl import flags
 
+    from vicuna_jax.serve.api import ServeConfig
+    from vicuna_jax.serve.limits import ConnectionLimits
+
     flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
     flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (0.0.0.0 for every interface).")
@@ -83,6 +96,18 @@ def _define_flags() -> None:
     flags.DEFINE_integer("max_waiting", 256, "Queued sequences before requests get HTTP 503.")
     flags.DEFINE_integer("max_prefill_tokens", 8192,
                          "Padded prompt tokens per prefill call (bounds its memory).")
+    limits, body = ConnectionLimits(), ServeConfig("")
+    flags.DEFINE_integer("max_body_bytes", body.max_body_bytes,
+                         "Largest request body; a larger one gets HTTP 413 as soon as it passes this.")
+    flags.DEFINE_float("body_timeout", body.body_timeout, "Seconds a request body may stall before HTTP 408.")
+    flags.DEFINE_float("header_timeout", limits.header_timeout, "Seconds a client has to send a request's "
+                       "line and headers (from connecting, or from its first byte after a keep-alive wait).")
+    flags.DEFINE_float("keep_alive_timeout", limits.keep_alive_timeout,
+                       "Seconds an idle connection is kept open between requests.")
+    flags.DEFINE_integer("max_connections", limits.max_connections,
+                         "Open connections; a request on one more gets HTTP 503.")
+    flags.DEFINE_integer("max_header_bytes", limits.max_header_bytes,
+                         "Largest request target + headers (HTTP 431 beyond).")
     flags.DEFINE_string("api_key", None, f"Required bearer key for /v1 (prefer the {API_KEY_ENV} "
                         "environment variable: flags show up in process lists).")
     flags.DEFINE_string("template", "vicuna_v1.1", "Chat template for /v1/chat/completions.")

@@ -19,7 +19,7 @@ from typing import Any
 from absl import logging
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -27,7 +27,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vicuna_jax.data import encode_prompt, get_template
 from vicuna_jax.serve.engine import Engine, EngineFull, SeqEvent, SeqHandle, SeqRequest
+from vicuna_jax.serve.limits import RequestLimits
 from vicuna_jax.serve.protocol import (
+    MAX_BODY_BYTES,
     APIError,
     Sampling,
     bad,
@@ -53,6 +55,8 @@ class ServeConfig:
     model_name: str
     template: str = "vicuna_v1.1"
     api_key: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES  # larger bodies get 413 as soon as they pass it
+    body_timeout: float = 30.0  # a body that stalls this long (seconds) gets 408
 
 
 class ApiKeyMiddleware:
@@ -107,7 +111,7 @@ class Api:
     async def chat_completions(self, request: Request) -> Response:
         body = parse_json_body(await request.body())
         self._check_model(body.get("model"))
-        sampling = parse_sampling(body, context_len=self.engine.context_len, max_n=self.engine.max_batch)
+        sampling = parse_sampling(body, max_n=self.engine.max_batch)
         messages = parse_messages(body)
         try:
             ids = encode_prompt(messages, self.tokenizer, template=self.template)
@@ -119,7 +123,7 @@ class Api:
     async def completions(self, request: Request) -> Response:
         body = parse_json_body(await request.body())
         self._check_model(body.get("model"))
-        sampling = parse_sampling(body, context_len=self.engine.context_len, max_n=self.engine.max_batch)
+        sampling = parse_sampling(body, max_n=self.engine.max_batch)
         prompts = parse_prompts(body)
         if len(prompts) > MAX_PROMPTS:
             raise bad(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}", "prompt")
@@ -155,8 +159,12 @@ class Api:
                 for j in range(s.n):
                     index = p * s.n + j
                     seed = None if s.seed is None else (s.seed + j) & 0x7FFFFFFF
-                    req = SeqRequest(tuple(ids), s.max_tokens or ctx, s.temperature, s.top_p, s.top_k, seed,
-                                     stops, s.ignore_eos)
+                    # A max_tokens over what the context leaves is clamped, not refused (vLLM refuses it),
+                    # so clients with a fixed budget, like the judge's 2048, work with small models; such
+                    # a reply ends with finish_reason "length".
+                    room = ctx - len(ids)
+                    req = SeqRequest(tuple(ids), min(s.max_tokens or room, room), s.temperature, s.top_p,
+                                     s.top_k, seed, stops, s.ignore_eos)
                     handles.append(self.engine.submit(
                         req, lambda ev, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, ev))))
         except EngineFull as e:
@@ -252,6 +260,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                         headers=dict(exc.headers or {}))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body arrived: nobody to answer, nothing to log."""
+    return Response(status_code=499)  # nginx's "client closed request"; uvicorn drops it
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     logging.error("unhandled error on %s: %r", request.url.path, exc)
     body = APIError(500, f"internal error: {type(exc).__name__}", type="server_error").body()
@@ -270,6 +283,7 @@ def build_app(engine: Engine, tokenizer: Any, config: ServeConfig) -> ASGIApp:
         Route("/v1/completions", api.completions, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR)),
     ]
-    handlers = {APIError: _api_error, HTTPException: _http_error, Exception: _server_error}
+    handlers = {APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
+                Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
-    return ApiKeyMiddleware(app, config.api_key)
+    return RequestLimits(ApiKeyMiddleware(app, config.api_key), config.max_body_bytes, config.body_timeout)

@@ -14,7 +14,8 @@ import uuid
 from typing import Any
 
 MAX_STOP_STRINGS = 4
-MAX_BODY_BYTES = 8 << 20
+MAX_BODY_BYTES = 8 << 20  # the server's default; `limits.RequestLimits` enforces it while the body arrives
+MAX_TOKENS = (1 << 31) - 1  # sanity bound; what the context leaves is the real limit (api clamps to it)
 
 
 class APIError(Exception):
@@ -35,9 +36,8 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; invalid UTF-8, bad JSON and non-objects are 400s."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+    """The request body as a JSON object; invalid UTF-8, bad JSON, nesting too deep for the parser and
+    non-objects are 400s. (The size limit is checked while the body arrives: `limits.RequestLimits`.)"""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -47,6 +47,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, ValueError) as e:
         raise bad(f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise bad("request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
     return body
@@ -54,6 +56,16 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _brief(value: Any) -> str:
+    """A value for an error message, without recursing into containers (a deeply nested one would raise
+    RecursionError)."""
+    if isinstance(value, dict) and isinstance(value.get("type"), str):
+        return f'an object of type "{value["type"][:40]}"'
+    if isinstance(value, list | dict):
+        return "an array" if isinstance(value, list) else "an object"
+    return json.dumps(value)[:40]
 
 
 # ------------------------------------------------------------ typed field readers
@@ -64,7 +76,7 @@ def get_number(body: dict, name: str, default: float, lo: float, hi: float, lo_o
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise bad(f"'{name}' must be a number, got {json.dumps(value)[:40]}", name, "invalid_type")
+        raise bad(f"'{name}' must be a number, got {_brief(value)}", name, "invalid_type")
     if value > hi or value < lo or (lo_open and value == lo):
         left = "(" if lo_open else "["
         raise bad(f"'{name}' must be in {left}{lo:g}, {hi:g}], got {value}", name)
@@ -78,7 +90,7 @@ def get_int(body: dict, name: str, default: int | None, lo: int, hi: int) -> int
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(f"'{name}' must be an integer, got {json.dumps(value)[:40]}", name, "invalid_type")
+        raise bad(f"'{name}' must be an integer, got {_brief(value)}", name, "invalid_type")
     if not lo <= value <= hi:
         raise bad(f"'{name}' must be between {lo} and {hi}, got {value}", name)
     return value
@@ -89,7 +101,7 @@ def get_bool(body: dict, name: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad(f"'{name}' must be true or false, got {json.dumps(value)[:40]}", name, "invalid_type")
+        raise bad(f"'{name}' must be true or false, got {_brief(value)}", name, "invalid_type")
     return value
 
 
@@ -121,19 +133,55 @@ class Sampling:
     ignore_eos: bool
 
 
-def parse_sampling(body: dict, *, context_len: int, max_n: int) -> Sampling:
-    """Reads and checks the sampling fields; unsupported features are refused rather than ignored."""
-    for name in ("logprobs", "echo"):
-        if body.get(name) not in (None, False, 0):
-            raise bad(f"'{name}' is not supported by this server", name, "unsupported_parameter")
-    for name in ("tools", "functions", "suffix", "logit_bias"):
-        if body.get(name):
-            raise bad(f"'{name}' is not supported by this server", name, "unsupported_parameter")
+# OpenAI features (and vLLM extensions) this server does not implement, each with the values that mean
+# "not used": any other value is refused with a 400 naming it, never silently ignored.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),  # "auto" without tools calls none
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "logprobs": (None, False),  # completions take a count: 0 still returns the sampled tokens' logprobs
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "logit_bias": (None, {}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "min_p": (None, 0),
+    "repetition_penalty": (None, 1),
+    "min_tokens": (None, 0),
+    "use_beam_search": (None, False),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+}
+
+
+def refuse_unsupported(body: dict) -> None:
+    for name, unused in UNSUPPORTED.items():
+        value = body.get(name)
+        # `==` alone would take True for 1 and False for 0; a bool must match a bool.
+        if not any(value == u and isinstance(value, bool) == isinstance(u, bool) for u in unused):
+            raise bad(f"'{name}' is not supported by this server (got {_brief(value)})", name,
+                      "unsupported_parameter")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != body.get("n", 1):
+        raise bad("'best_of' other than n is not supported by this server", "best_of",
+                  "unsupported_parameter")
     for name in ("presence_penalty", "frequency_penalty"):
         if get_number(body, name, 0.0, -2.0, 2.0) != 0.0:
             raise bad(f"'{name}' other than 0 is not supported by this server", name, "unsupported_parameter")
-    max_tokens = get_int(body, "max_tokens", None, 1, context_len)
-    max_tokens = get_int(body, "max_completion_tokens", max_tokens, 1, context_len)
+
+
+def parse_sampling(body: dict, *, max_n: int) -> Sampling:
+    """Reads and checks the sampling fields; unsupported features are refused rather than ignored.
+    `max_tokens` is only checked to be positive here: the API clamps it to what each prompt leaves."""
+    refuse_unsupported(body)
+    max_tokens = get_int(body, "max_tokens", None, 1, MAX_TOKENS)
+    max_tokens = get_int(body, "max_completion_tokens", max_tokens, 1, MAX_TOKENS)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("'stream_options' must be an object", "stream_options", "invalid_type")

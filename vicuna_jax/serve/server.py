@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import uvicorn
 
 from vicuna_jax.serve.engine import Engine
+from vicuna_jax.serve.limits import ConnectionLimits, protocol_class
 
 
 def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "float32", max_batch: int = 16,
@@ -47,19 +48,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, log_level: str = "warning", access_log: bool = False) -> uvicorn.Server:
+def make_server(app: Any, log_level: str = "warning", access_log: bool = False,
+                limits: ConnectionLimits | None = None) -> uvicorn.Server:
+    limits = limits or ConnectionLimits()
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="off",
-                            timeout_graceful_shutdown=5, timeout_keep_alive=30)
+                            timeout_graceful_shutdown=5, http=protocol_class(limits),
+                            timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
+                            h11_max_incomplete_event_size=limits.max_header_bytes)
     return uvicorn.Server(config)
 
 
 class ServerThread:
     """uvicorn serving `app` on 127.0.0.1 (a free port by default) in a daemon thread."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
+                 limits: ConnectionLimits | None = None):
         self.sock = bind(host, port)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.server = make_server(app)
+        self.server = make_server(app, limits=limits)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="uvicorn", daemon=True)
 
