@@ -173,7 +173,8 @@ def test_missing_key_is_a_clear_error(
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1 and "error: no API key" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no API key")
 
 
 def test_key_never_reaches_outputs_or_logs(

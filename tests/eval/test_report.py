@@ -257,7 +257,17 @@ def test_report_cli(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1 and "no.jsonl: file not found" in bad.stderr
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'no.jsonl'}: file not found"]
+    typo = subprocess.run(
+        [sys.executable, "-m", "vicuna_jax.eval.report", f"--judgment_file={path}", "--baseline=B"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in typo.stderr
 
 
 def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import queue
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.eval.client import (
     Cancelled,
     ChatJudge,
@@ -353,10 +353,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         summary = run_judge(config_from_flags())
-    except (EvalInputError, FatalJudgeError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except FatalJudgeError as e:  # a rejected key or unknown model: the user's to fix
+        raise UserError(str(e)) from None
     logging.info(
         "done: %d judged now, %d already done, %d unreadable judgments, %d requests",
         summary.judged,
@@ -365,12 +363,13 @@ def main(argv: Sequence[str]) -> None:
         summary.requests,
     )
     if summary.failed:
-        sys.exit(
-            f"error: {summary.failed} of {summary.matches} judgments failed after retries (see the log); "
+        raise UserError(
+            f"{summary.failed} of {summary.matches} judgments failed after retries (see the log); "
             "run the same command again to retry only those"
         )
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from vicuna_jax.cli import run
+
+    run(main, define_flags)

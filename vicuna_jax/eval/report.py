@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.eval import plots, stats
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.questions import load_questions
@@ -326,23 +326,21 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.judgment_file:
-        sys.exit("error: --judgment_file is required")
-    try:
-        report = write_report(
-            FLAGS.judgment_file,
-            question_file=FLAGS.question_file,
-            baseline=FLAGS.baseline_model,
-            judge_model=FLAGS.judge_model,
-            output_dir=FLAGS.output_dir,
-            make_plots=FLAGS.plots,
-        )
-    except EvalInputError as e:
-        sys.exit(f"error: {e}")
+        raise UserError("--judgment_file is required")
+    report = write_report(
+        FLAGS.judgment_file,
+        question_file=FLAGS.question_file,
+        baseline=FLAGS.baseline_model,
+        judge_model=FLAGS.judge_model,
+        output_dir=FLAGS.output_dir,
+        make_plots=FLAGS.plots,
+    )
     out = FLAGS.output_dir or os.path.splitext(FLAGS.judgment_file)[0] + "_report"
     print(report.to_markdown(FLAGS.judgment_file, relative_to=out))
     print(f"\nwrote {os.path.join(out, 'summary.md')}" + "".join(f"\nwrote {p}" for p in report.plots))
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from vicuna_jax.cli import run
+
+    run(main, define_flags)
