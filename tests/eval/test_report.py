@@ -203,12 +203,15 @@ def test_vicuna_pairs_turn_around_for_a_named_baseline(tmp_path: Path) -> None:
         review(1, "llama", "gpt-3.5", 4, 8),
         review(2, "gpt-3.5", "llama", 9, 3),
         review(3, "x", "y", 5, 5),
+        review(4, "gpt-3.5", "llama", 7, 0),  # a 0 (an empty answer) is a score, not an unreadable review
     ]
     pairs, errors = vicuna_score_pairs(rows, "gpt-3.5")
-    assert (
-        pairs == [("llama", "gpt-3.5", "1", 1, 4.0, 8.0), ("llama", "gpt-3.5", "2", 1, 3.0, 9.0)]
-        and errors == 0
-    )
+    assert pairs == [
+        ("llama", "gpt-3.5", "1", 1, 4.0, 8.0),
+        ("llama", "gpt-3.5", "2", 1, 3.0, 9.0),
+        ("llama", "gpt-3.5", "4", 1, 0.0, 7.0),
+    ]
+    assert errors == 0
 
 
 def test_judges_and_kinds_are_not_mixed(tmp_path: Path) -> None:

@@ -19,7 +19,14 @@ from absl import logging
 
 from vicuna_jax.eval.matches import Match
 from vicuna_jax.eval.prompts import pair_values, single_values, vicuna_values
-from vicuna_jax.eval.verdicts import ERROR_SCORE, parse_review_scores, parse_score, parse_verdict
+from vicuna_jax.eval.verdicts import (
+    ERROR_SCORE,
+    first_line,
+    last_line,
+    parse_review_scores,
+    parse_score,
+    parse_verdict,
+)
 
 DEFAULT_TEMPERATURE = {"single": 0.0, "pairwise": 0.0, "vicuna": 0.2}  # the blog's reviewer used 0.2
 DEFAULT_MAX_TOKENS = {"single": 2048, "pairwise": 2048, "vicuna": 1024}
@@ -53,10 +60,12 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
         score = parse_score(text)
         if score == ERROR_SCORE:
             logging.warning(
-                "no 1-10 rating in the judgment of question %s, model %s, turn %d; recorded as -1",
+                "no 0-10 rating in the judgment of question %s, model %s, turn %d (its last line: %r); "
+                "recorded as -1",
                 q.question_id,
                 match.models[0],
                 match.turn,
+                last_line(text),
             )
         return {
             "question_id": q.question_id,
@@ -77,11 +86,14 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
         g1 = _winner(parse_verdict(g1_text, prompt.output_format), a="model_1", b="model_2")
         g2 = _winner(parse_verdict(g2_text, prompt.output_format), a="model_2", b="model_1")
         if "error" in (g1, g2):
+            games = ((1, g1, g1_text), (2, g2, g2_text))
+            seen = [f"game {i}: {last_line(t)!r}" for i, g, t in games if g == "error"]
             logging.warning(
-                "no clear verdict for question %s, %s vs %s, turn %d; recorded as 'error'",
+                "no clear verdict for question %s, %s vs %s, turn %d (last line of %s); recorded as 'error'",
                 q.question_id,
                 *match.models,
                 match.turn,
+                "; ".join(seen),
             )
         return {
             "question_id": q.question_id,
@@ -102,9 +114,11 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
     scores = parse_review_scores(text)
     if scores[0] == ERROR_SCORE:
         logging.warning(
-            "no score pair on the first line of the review of question %s, %s vs %s; recorded as -1",
+            "no score pair in the review of question %s, %s vs %s: its first line is %r and no later line "
+            "states the two scores; recorded as -1",
             q.question_id,
             *match.models,
+            first_line(text),
         )
     return {
         "question_id": q.question_id,
