@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,36 +220,57 @@ def test_key_never_reaches_outputs_or_logs(
 def test_ctrl_c_loses_nothing_and_a_rerun_finishes(
     fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    def slow(body: dict[str, Any]) -> str:
-        time.sleep(0.25)
+    """Deterministic under any load: the server answers three requests, then holds every further one until
+    the judge has noticed the interrupt, so it always lands with exactly two requests in flight."""
+    gate, lock, held = threading.Event(), threading.Lock(), []
+
+    def gated(body: dict[str, Any]) -> str:
+        with lock:
+            n = len(held)
+            held.append(body)
+        if n >= 3:
+            assert gate.wait(timeout=60), "the test never released the held requests"
         return marker_judge(body)
 
-    fake_openai.reply = slow
+    fake_openai.reply = gated
     out = tmp_path / "judgments.jsonl"
     cmd = [
         sys.executable,
         "-m",
         "vicuna_jax.eval.judge",
         "--mode=single",
+        "--judge_model=gpt-4",
         "--parallel=2",
         f"--question_file={eval_files['questions']}",
         f"--answer_files={','.join(eval_files['answers'].values())}",
         f"--output_file={out}",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
-        time.sleep(0.02)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline and proc.poll() is None, f"{what}; stderr: {''.join(stderr)}"
+            time.sleep(0.02)
+
+    rows = lambda: len(out.read_text().splitlines()) if out.exists() else 0  # noqa: E731
+    wait_for(lambda: rows() == 3 and len(held) == 5, "3 judgments saved and 2 requests held")
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
+    wait_for(lambda: any("saving the 2 judgments in flight" in line for line in stderr), "interrupt noticed")
+    gate.set()  # the two requests in flight now complete; nothing new may start
+    assert proc.wait(timeout=60) == 130
+    reader.join(timeout=10)
+    assert "interrupted" in "".join(stderr)
     done = read_rows(str(out))  # every line is whole JSON
-    asked = len(fake_openai.chat_requests)
-    assert 3 <= len(done) < 12 and asked == len(done)  # every answered request was saved
+    assert len(done) == 5 == len(fake_openai.chat_requests)  # the 2 answered in flight were saved too
     fake_openai.reply = marker_judge
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    rows = read_rows(str(out))
-    assert len(fake_openai.chat_requests) == 12 == len(rows)  # nothing asked twice, nothing missing
-    assert len({(r["model"], r["question_id"], r["turn"]) for r in rows}) == 12
+    rows_after = read_rows(str(out))
+    assert len(fake_openai.chat_requests) == 12 == len(rows_after)  # nothing asked twice, nothing missing
+    assert len({(r["model"], r["question_id"], r["turn"]) for r in rows_after}) == 12
