@@ -91,6 +91,31 @@ def test_timeout_is_retried(fake_openai: FakeOpenAI, eval_files: dict[str, Any],
     assert summary.requests == 2 and read_rows(str(tmp_path / "out.jsonl"))[0]["score"] == 8
 
 
+@pytest.mark.parametrize("trickle_headers", [True, False], ids=["whole-reply", "body-only"])
+def test_a_trickling_server_cannot_stall_a_request(
+    fake_openai: FakeOpenAI,
+    eval_files: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    trickle_headers: bool,
+) -> None:
+    """--timeout is a deadline for the whole request: a reply trickled one byte per 50 ms (each read well
+    within the timeout; the whole reply would take ~20 s) is abandoned after 1 s and retried."""
+    caplog.set_level(logging.WARNING)
+    fake_openai.push(Fault(trickle_s=0.05, trickle_headers=trickle_headers))
+    start = time.monotonic()
+    summary = run_judge(one_match(eval_files, tmp_path, fake_openai, timeout_s=1.0), api_key=TEST_API_KEY)
+    elapsed = time.monotonic() - start
+    assert summary.requests == 2 and read_rows(str(tmp_path / "out.jsonl"))[0]["score"] == 8
+    assert 1.0 <= elapsed < 6.0, elapsed
+    assert "timed out (no complete reply within 1 s)" in caplog.text
+    deadline = time.monotonic() + 10
+    while not fake_openai.trickled and time.monotonic() < deadline:  # the server notices the hang-up
+        time.sleep(0.01)
+    (sent, total), = fake_openai.trickled
+    assert 0 < sent < total / 2  # the client hung up part way instead of waiting for the rest
+
+
 def test_exhausted_retries_skip_the_judgment_and_a_rerun_fills_it(
     fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -310,7 +310,12 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "backoff_max", 60.0, "Longest wait between retries, unless the server's Retry-After says more."
     )
-    flags.DEFINE_float("timeout", 120.0, "Seconds before a judge request is abandoned (and retried).")
+    flags.DEFINE_float(
+        "timeout",
+        120.0,
+        "Seconds a judge request may take in all (connect, send, wait, receive) before it is abandoned and "
+        "retried; a server that trickles its reply cannot hold a worker longer.",
+    )
     flags.DEFINE_float("temperature", None, "Judge sampling temperature (default 0; 0.2 in vicuna mode).")
     flags.DEFINE_integer("max_tokens", None, "Judge reply length limit (default 2048; 1024 in vicuna mode).")
     flags.DEFINE_string(
