@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +19,29 @@ import pytest
 from eval_samples import QUESTIONS, REFERENCE_TEXT, SCORES, write_jsonl
 from fake_openai import TEST_API_KEY, FakeOpenAI, marker_judge
 
+from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.judge import JudgeConfig, run_judge
+from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
 from vicuna_jax.eval.stats import pairwise_outcomes
 
-SINGLE_KEYS = {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"}
+PROVENANCE = {"judge", "judge_host", "judge_prompt_sha256"}
+SINGLE_KEYS = {"question_id", "model", "user_prompt", "judgment", "score", "turn", "tstamp", *PROVENANCE}
 PAIR_KEYS = {
     "question_id",
     "model_1",
     "model_2",
     "g1_winner",
     "g2_winner",
-    "judge",
     "g1_user_prompt",
     "g1_judgment",
     "g2_user_prompt",
     "g2_judgment",
     "turn",
     "tstamp",
+    *PROVENANCE,
 }
-VICUNA_KEYS = {"question_id", "model_1", "model_2", "text", "score"}
+VICUNA_KEYS = {"question_id", "model_1", "model_2", "text", "score", *PROVENANCE}
+REPO = Path(__file__).resolve().parents[2]
 TURNS = [(q["question_id"], t + 1) for q in QUESTIONS for t in range(len(q["turns"]))]  # 4 (question, turn)
 
 
@@ -44,6 +52,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 def config(files: dict[str, Any], tmp_path: Path, server: FakeOpenAI, mode: str, **kw: Any) -> JudgeConfig:
     kw.setdefault("answer_files", tuple(files["answers"].values()))
+    kw.setdefault("judge_model", "gpt-4")
     return JudgeConfig(
         mode=mode,
         question_file=files["questions"],
@@ -83,6 +92,11 @@ def test_single(fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: P
         assert r["judge"] == ["gpt-4", prompt]
         assert (REFERENCE_TEXT in r["user_prompt"]) == (qid == 3)
         assert "Rating: [[" in r["judgment"]
+    prompts = {p.name: p for p in load_prompts(default_prompt_file("single"))}
+    host = urllib.parse.urlsplit(fake_openai.base_url).netloc
+    for r in rows:  # who judged, where, with which prompt text
+        assert r["judge_host"] == host and r["judge_prompt_sha256"] == prompts[r["judge"][1]].sha256
+    assert len({r["judge_prompt_sha256"] for r in rows}) == 3  # single, single-ref, single-multi-turn
     multi = got["model-a", 2, 2]["user_prompt"]  # turn 2 shows the whole conversation, in order
     assert (
         multi.index("Write a haiku about rain.") < multi.index("turn=1>>") < multi.index("Now make it about")
@@ -230,8 +244,6 @@ def test_fastchat_prompt_file(fake_openai: FakeOpenAI, eval_files: dict[str, Any
 def test_bad_inputs_fail_before_any_request(
     fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    from vicuna_jax.eval.jsonl import EvalInputError
-
     short = write_jsonl(
         tmp_path / "short.jsonl",
         [
@@ -280,3 +292,32 @@ def test_dry_run_sends_nothing_and_needs_no_key(
     assert summary.matches == 12 and summary.requests == 0 and fake_openai.chat_requests == []
     out = capsys.readouterr().out
     assert "12 judgments to do, 24 requests to gpt-4" in out and "3 with prompt 'pair-ref'" in out
+
+
+def test_the_judge_model_must_be_named(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    """No retired default: no --judge_model and no VICUNA_JAX_JUDGE_MODEL is a one-line error before any
+    request; the environment variable names the judge when the flag is absent."""
+    with pytest.raises(EvalInputError, match="no judge model: give --judge_model"):
+        run_judge(config(eval_files, tmp_path, fake_openai, "single", judge_model=""), api_key=TEST_API_KEY)
+    out = tmp_path / "cli.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vicuna_jax.eval.judge",
+        "--first_n=1",
+        f"--question_file={eval_files['questions']}",
+        f"--answer_files={eval_files['answers']['model-a']}",
+        f"--output_file={out}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "VICUNA_JAX_JUDGE_MODEL"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no judge model: give --judge_model")
+    assert fake_openai.chat_requests == []
+    env["VICUNA_JAX_JUDGE_MODEL"] = "judge-from-env"
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["judge"][0] for r in read_rows(str(out))] == ["judge-from-env"]
+    assert {r.body["model"] for r in fake_openai.chat_requests} == {"judge-from-env"}

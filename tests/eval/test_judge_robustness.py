@@ -35,6 +35,7 @@ def one_match(files: dict[str, Any], tmp_path: Path, server: FakeOpenAI, **kw: A
     """Single mode, first question, one model: exactly one judgment."""
     kw.setdefault("model_list", ("model-a",))
     kw.setdefault("first_n", 1)
+    kw.setdefault("judge_model", "gpt-4")
     return JudgeConfig(
         mode="single",
         question_file=files["questions"],
@@ -190,6 +191,7 @@ def test_missing_key_is_a_clear_error(
             sys.executable,
             "-m",
             "vicuna_jax.eval.judge",
+            "--judge_model=gpt-4",
             f"--question_file={eval_files['questions']}",
             f"--answer_files={eval_files['answers']['model-a']}",
             f"--output_file={tmp_path / 'cli.jsonl'}",
@@ -218,6 +220,7 @@ def test_key_never_reaches_outputs_or_logs(
             "-m",
             "vicuna_jax.eval.judge",
             "--mode=pairwise_all",
+            "--judge_model=gpt-4",
             "--first_n=1",
             "--parallel=2",
             f"--question_file={eval_files['questions']}",

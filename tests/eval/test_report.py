@@ -283,6 +283,7 @@ def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) ->
             "-m",
             "vicuna_jax.eval.judge",
             "--mode=vicuna",
+            "--judge_model=gpt-4",
             "--baseline_model=model-b",
             f"--question_file={eval_files['questions']}",
             f"--answer_files={answers}",
@@ -312,3 +313,31 @@ def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) ->
     # First-turn markers: model-a 8+6+3 = 17, model-c 2+9+7 = 18, model-b 5+6+7 = 18.
     assert "model-a scores 94% of model-b (total 17 vs 18 over 3 items)" in report.stdout
     assert "model-c scores 100% of model-b (total 18 vs 18 over 3 items)" in report.stdout
+
+
+def test_judges_are_the_model_and_the_endpoint_and_prompt_texts_are_not_mixed(tmp_path: Path) -> None:
+    def at(row: dict, host: str, digest: str = "a" * 64) -> dict:
+        return {**row, "judge_host": host, "judge_prompt_sha256": digest}
+
+    same_model = write_jsonl(
+        tmp_path / "hosts.jsonl",
+        [at(single(1, "A", 8), "api.openai.com"), at(single(2, "A", 3), "localhost:8000")],
+    )
+    with pytest.raises(EvalInputError, match="several judges") as err:
+        load_judgments(same_model)
+    assert "(gpt-4 @ api.openai.com, gpt-4 @ localhost:8000)" in str(err.value)
+    assert "--mix_judges" in str(err.value)
+    picked = load_judgments(same_model, "gpt-4 @ localhost:8000")
+    assert [r["score"] for r in picked.rows] == [3] and picked.judge == "gpt-4 @ localhost:8000"
+    mixed = load_judgments(same_model, mix_judges=True)
+    assert len(mixed.rows) == 2 and mixed.mixed
+    report = write_report(same_model, mix_judges=True, output_dir=str(tmp_path / "r"), make_plots=False)
+    assert any("mixed in these tables (--mix_judges)" in n for n in report.notes)
+
+    reworded = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [at(single(1, "A", 8), "h", "a" * 64), at(single(2, "A", 3), "h", "b" * 64)],
+    )
+    with pytest.raises(EvalInputError, match="judge prompt 'single' appears with 2 different texts"):
+        load_judgments(reworded)
+    assert load_judgments(reworded, mix_judges=True).prompts == {"single": "aaaaaaaaaaaa,bbbbbbbbbbbb"}

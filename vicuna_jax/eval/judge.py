@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,17 +34,20 @@ from vicuna_jax.eval.client import (
     resolve_api_key,
 )
 from vicuna_jax.eval.jsonl import EvalInputError, JsonlAppender
-from vicuna_jax.eval.judging import Sampling, is_unparsed, judge_match
+from vicuna_jax.eval.judging import Sampling, judge_match
 from vicuna_jax.eval.matches import (
     DEFAULT_REFERENCE_CATEGORIES,
     MODES,
     Match,
     build_matches,
+    is_unparsed,
     row_key,
     row_kind,
 )
 from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
 from vicuna_jax.eval.questions import check_answers_cover, load_answer_files, load_questions, load_references
+
+JUDGE_MODEL_ENV = "VICUNA_JAX_JUDGE_MODEL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +58,7 @@ class JudgeConfig:
     question_file: str
     answer_files: tuple[str, ...]
     output_file: str
-    judge_model: str = "gpt-4"
+    judge_model: str = ""  # required: no default judge (a retired default silently changes results)
     baseline_model: str | None = None
     reference_file: str | None = None
     reference_categories: tuple[str, ...] = DEFAULT_REFERENCE_CATEGORIES
@@ -85,6 +90,11 @@ class RunSummary:
 
 def prepare(config: JudgeConfig) -> list[Match]:
     """Loads and checks every input, and returns all matches of the run (no request is made)."""
+    if not config.judge_model.strip():
+        raise EvalInputError(
+            f"no judge model: give --judge_model (the model name the endpoint serves) or set "
+            f"{JUDGE_MODEL_ENV}; there is no default, so results always say which judge made them"
+        )
     if config.parallel < 1 or config.max_retries < 0:
         raise EvalInputError("--parallel must be >= 1 and --max_retries >= 0")
     questions = load_questions(config.question_file)
@@ -186,7 +196,8 @@ def _run(
     logging.info(
         "judging with %s at %s, %d parallel requests", config.judge_model, judge.base_url, config.parallel
     )
-    sampling = Sampling(config.judge_model, config.temperature, config.max_tokens)
+    host = urllib.parse.urlsplit(judge.base_url).netloc
+    sampling = Sampling(config.judge_model, config.temperature, config.max_tokens, judge_host=host)
     work: queue.SimpleQueue[Match] = queue.SimpleQueue()
     for m in todo:
         work.put(m)
@@ -284,7 +295,11 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "output_file", None, "Judgments jsonl; appended to, and rows already there are skipped."
     )
-    flags.DEFINE_string("judge_model", "gpt-4", "Model name sent to the judge endpoint.")
+    flags.DEFINE_string(
+        "judge_model",
+        None,
+        f"Model name sent to the judge endpoint (required; or set {JUDGE_MODEL_ENV}). Recorded in every row.",
+    )
     flags.DEFINE_string(
         "baseline_model",
         None,
@@ -334,7 +349,7 @@ def config_from_flags() -> JudgeConfig:
         question_file=FLAGS.question_file,
         answer_files=tuple(FLAGS.answer_files),
         output_file=FLAGS.output_file,
-        judge_model=FLAGS.judge_model,
+        judge_model=FLAGS.judge_model or os.environ.get(JUDGE_MODEL_ENV, ""),
         baseline_model=FLAGS.baseline_model,
         reference_file=FLAGS.reference_file,
         reference_categories=tuple(FLAGS.reference_categories),

@@ -4,9 +4,11 @@ Row schemas (FastChat-compatible, so FastChat's tools can read our files and we 
   single   {question_id, model, judge, user_prompt, judgment, score, turn, tstamp}
   pairwise {question_id, model_1, model_2, g1_winner, g2_winner, judge, g1_user_prompt, g1_judgment,
             g2_user_prompt, g2_judgment, turn, tstamp}
-  vicuna   {question_id, model_1, model_2, text, score: [s1, s2]}
-`judge` is [judge model, prompt name]. Pairwise game 1 shows model_1 as A; game 2 swaps the positions, and
-both winners are stored as "model_1", "model_2", "tie" or "error".
+  vicuna   {question_id, model_1, model_2, text, score: [s1, s2], judge}
+`judge` is [judge model, prompt name]. Every row also records `judge_host` (the endpoint's host[:port]) and
+`judge_prompt_sha256` (see JudgePrompt.sha256), so the report can refuse to mix different judges.
+Pairwise game 1 shows model_1 as A; game 2 swaps the positions, and both winners are stored as "model_1",
+"model_2", "tie" or "error".
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Protocol
 from absl import logging
 
 from vicuna_jax.eval.matches import Match
-from vicuna_jax.eval.prompts import pair_values, single_values, vicuna_values
+from vicuna_jax.eval.prompts import JudgePrompt, pair_values, single_values, vicuna_values
 from vicuna_jax.eval.verdicts import (
     ERROR_SCORE,
     first_line,
@@ -40,9 +42,19 @@ class Completer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
+    """How the judge is asked, and who it is (recorded in every row)."""
+
     judge_model: str
     temperature: float | None = None  # None: the mode's default above
     max_tokens: int | None = None
+    judge_host: str = ""  # the endpoint's host[:port]
+
+    def provenance(self, prompt: JudgePrompt) -> dict[str, Any]:
+        return {
+            "judge": [self.judge_model, prompt.name],
+            "judge_host": self.judge_host,
+            "judge_prompt_sha256": prompt.sha256,
+        }
 
     def for_kind(self, kind: str) -> dict[str, Any]:
         temperature = DEFAULT_TEMPERATURE[kind] if self.temperature is None else self.temperature
@@ -70,12 +82,12 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
         return {
             "question_id": q.question_id,
             "model": match.models[0],
-            "judge": [sampling.judge_model, prompt.name],
             "user_prompt": user,
             "judgment": text,
             "score": score,
             "turn": match.turn,
             "tstamp": time.time(),
+            **sampling.provenance(prompt),
         }
     if match.kind == "pairwise":
         a1, a2 = match.answers
@@ -101,13 +113,13 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
             "model_2": match.models[1],
             "g1_winner": g1,
             "g2_winner": g2,
-            "judge": [sampling.judge_model, prompt.name],
             "g1_user_prompt": g1_user,
             "g1_judgment": g1_text,
             "g2_user_prompt": g2_user,
             "g2_judgment": g2_text,
             "turn": match.turn,
             "tstamp": time.time(),
+            **sampling.provenance(prompt),
         }
     user = prompt.render(vicuna_values(q, *match.answers))
     text = judge.complete(prompt.system_prompt, user, **kwargs)
@@ -126,17 +138,10 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
         "model_2": match.models[1],
         "text": text,
         "score": scores,
+        **sampling.provenance(prompt),
     }
 
 
 def _winner(verdict: str, *, a: str, b: str) -> str:
     """Maps a positional verdict to the model that held that position; 'tie' and 'error' pass through."""
     return {"A": a, "B": b}.get(verdict, verdict)
-
-
-def is_unparsed(row: dict[str, Any]) -> bool:
-    """True for a row whose judgment could not be read (score -1 or verdict 'error')."""
-    if "g1_winner" in row:
-        return "error" in (row["g1_winner"], row["g2_winner"])
-    score = row["score"]
-    return (score[0] if isinstance(score, list) else score) == ERROR_SCORE

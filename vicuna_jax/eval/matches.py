@@ -17,6 +17,7 @@ from absl import logging
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.prompts import JudgePrompt, check_turn_supported, select_prompt
 from vicuna_jax.eval.questions import Question
+from vicuna_jax.eval.verdicts import ERROR_SCORE
 
 MODES = ("single", "pairwise_baseline", "pairwise_all", "vicuna")
 DEFAULT_REFERENCE_CATEGORIES = ("math", "coding", "reasoning")
@@ -46,7 +47,7 @@ def match_key(
         return ("single", question_key, models[0], int(turn), judge_model)
     if kind == "pairwise":
         return ("pairwise", question_key, tuple(sorted(models)), int(turn), judge_model)
-    return ("vicuna", question_key, models[0], models[1])
+    return ("vicuna", question_key, models[0], models[1], judge_model)
 
 
 def row_kind(row: dict[str, Any]) -> str:
@@ -61,8 +62,30 @@ def row_kind(row: dict[str, Any]) -> str:
 
 
 def row_judge(row: dict[str, Any]) -> str:
+    """The judge model of a row ('' for FastChat's older review rows, which do not say)."""
     judge = row.get("judge", "")
     return str(judge[0]) if isinstance(judge, list) and judge else str(judge)
+
+
+def row_judge_identity(row: dict[str, Any]) -> str:
+    """Who judged: the model, and the endpoint when the row records it ("gpt-4 @ api.openai.com")."""
+    host = row.get("judge_host")
+    return f"{row_judge(row)} @ {host}" if host else row_judge(row)
+
+
+def row_prompt(row: dict[str, Any]) -> tuple[str, str]:
+    """(prompt name, prompt text hash); either is '' when the row does not record it."""
+    judge = row.get("judge")
+    name = str(judge[1]) if isinstance(judge, list) and len(judge) > 1 else ""
+    return name, str(row.get("judge_prompt_sha256", ""))
+
+
+def is_unparsed(row: dict[str, Any]) -> bool:
+    """True for a row whose judgment could not be read (score -1 or verdict 'error')."""
+    if "g1_winner" in row:
+        return "error" in (row["g1_winner"], row["g2_winner"])
+    score = row["score"]
+    return (score[0] if isinstance(score, list) else score) == ERROR_SCORE
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -13,7 +13,9 @@ uses a second-turn placeholder or a whole `{conversation}`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
+import json
 import re
 from typing import Any
 
@@ -36,6 +38,13 @@ class JudgePrompt:
     output_format: str = ""
     description: str = ""
     source: str = ""  # "file:line", for error messages
+
+    @property
+    def sha256(self) -> str:
+        """A fingerprint of the prompt's text (system prompt and template), recorded in every judgment row so
+        that judgments made with different wordings of one prompt name are never mixed unnoticed."""
+        text = json.dumps([self.system_prompt, self.prompt_template], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @property
     def placeholders(self) -> frozenset[str]:

@@ -94,6 +94,14 @@ def build_report(
 ) -> Report:
     """Computes every table (and, with plot_dir, writes the charts) for one judgment file."""
     report = Report(judgments.kind, judgments.judge)
+    if judgments.mixed:
+        report.notes.append(
+            f"Judgments of several judges or prompt texts are mixed in these tables (--mix_judges): "
+            f"{judgments.judge}."
+        )
+    if judgments.prompts:
+        shown = ", ".join(f"{name} ({digest})" for name, digest in sorted(judgments.prompts.items()))
+        report.notes.append(f"Judge prompts (sha256 prefix): {shown}.")
     if judgments.duplicates:
         report.notes.append(f"{judgments.duplicates} repeated judgments were counted once.")
     if categories is None:
@@ -293,7 +301,14 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("question_file", None, "Questions jsonl, for per-category figures.")
     flags.DEFINE_string("baseline_model", None, "Express totals and win rates relative to this model.")
-    flags.DEFINE_string("judge_model", None, "Only this judge's rows (needed when a file mixes judges).")
+    flags.DEFINE_string(
+        "judge_model", None, "Only this judge's rows: a model name, or 'model @ host' as the report shows it."
+    )
+    flags.DEFINE_bool(
+        "mix_judges",
+        False,
+        "Allow judgments of different judges (model or endpoint) or prompt texts in one table.",
+    )
     flags.DEFINE_string(
         "output_dir", None, "Where summary.md and the PNGs go (default: <judgment file>_report/)."
     )
@@ -306,11 +321,12 @@ def write_report(
     question_file: str | None = None,
     baseline: str | None = None,
     judge_model: str | None = None,
+    mix_judges: bool = False,
     output_dir: str | None = None,
     make_plots: bool = True,
 ) -> Report:
     """Builds the report, writes summary.md (and the plots) to output_dir, and returns it."""
-    judgments = stats.load_judgments(judgment_file, judge_model)
+    judgments = stats.load_judgments(judgment_file, judge_model, mix_judges=mix_judges)
     categories = {q.key: q.category for q in load_questions(question_file)} if question_file else None
     output_dir = output_dir or os.path.splitext(judgment_file)[0] + "_report"
     os.makedirs(output_dir, exist_ok=True)
@@ -332,6 +348,7 @@ def main(argv: Sequence[str]) -> None:
         question_file=FLAGS.question_file,
         baseline=FLAGS.baseline_model,
         judge_model=FLAGS.judge_model,
+        mix_judges=FLAGS.mix_judges,
         output_dir=FLAGS.output_dir,
         make_plots=FLAGS.plots,
     )
