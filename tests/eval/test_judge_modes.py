@@ -6,6 +6,7 @@ reached the right position of the right prompt; reruns must send zero requests a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -17,12 +18,13 @@ from typing import Any
 
 import pytest
 from eval_samples import QUESTIONS, REFERENCE_TEXT, SCORES, write_jsonl
-from fake_openai import TEST_API_KEY, FakeOpenAI, marker_judge
+from fake_openai import TEST_API_KEY, FakeOpenAI, Fault, marker_judge
 
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.judge import JudgeConfig, run_judge
 from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
-from vicuna_jax.eval.stats import pairwise_outcomes
+from vicuna_jax.eval.questions import ERROR_ANSWER
+from vicuna_jax.eval.stats import load_judgments, pairwise_outcomes
 
 PROVENANCE = {"judge", "judge_host", "judge_prompt_sha256"}
 SINGLE_KEYS = {"question_id", "model", "user_prompt", "judgment", "score", "turn", "tstamp", *PROVENANCE}
@@ -321,3 +323,43 @@ def test_the_judge_model_must_be_named(
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["judge"][0] for r in read_rows(str(out))] == ["judge-from-env"]
     assert {r.body["model"] for r in fake_openai.chat_requests} == {"judge-from-env"}
+
+
+def test_rejudge_errors_redoes_only_unreadable_judgments(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = config(eval_files, tmp_path, fake_openai, "single", first_n=1)  # 3 models, 1 question
+    fake_openai.push(Fault(content="I would rather not grade this."))  # the first judgment is unreadable
+    first = run_judge(cfg, api_key=TEST_API_KEY)
+    assert (first.judged, first.unparsed) == (3, 1)
+    assert run_judge(cfg, api_key=TEST_API_KEY).requests == 0  # a plain rerun keeps the unreadable one
+    redo = dataclasses.replace(cfg, rejudge_errors=True)
+    summary = run_judge(redo, api_key=TEST_API_KEY)
+    assert (summary.requests, summary.rejudged, summary.already_done, summary.unparsed) == (1, 1, 2, 0)
+    rows = read_rows(cfg.output_file)
+    assert len(rows) == 4 and [r["score"] for r in rows].count(-1) == 1  # the old row kept, the redo appended
+    judged = load_judgments(cfg.output_file)
+    assert judged.duplicates == 1 and sorted(r["score"] for r in judged.rows) == [2, 5, 8]  # the redo wins
+    assert run_judge(redo, api_key=TEST_API_KEY).requests == 0  # nothing unreadable is left
+
+
+def test_error_answers_are_not_judged_but_counted(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer recorded as $ERROR$ (no room in the context) is never shown to the judge: the matches that
+    would show it are skipped and counted; earlier turns of the same question are still judged."""
+    rows = read_rows(eval_files["answers"]["model-c"])
+    rows[1]["choices"][0]["turns"][1] = ERROR_ANSWER  # question 2, turn 2
+    broken = write_jsonl(tmp_path / "model-c.jsonl", rows)
+    answers = (eval_files["answers"]["model-a"], eval_files["answers"]["model-b"], broken)
+    caplog.set_level("WARNING")
+    single = config(eval_files, tmp_path, fake_openai, "single", answer_files=answers)
+    summary = run_judge(single, api_key=TEST_API_KEY)
+    assert (summary.matches, summary.skipped_error_answers) == (3 * len(TURNS) - 1, 1)
+    judged = {(r["model"], r["question_id"], r["turn"]) for r in read_rows(single.output_file)}
+    assert ("model-c", 2, 1) in judged and ("model-c", 2, 2) not in judged
+    assert "not judging 1 matches whose answer is $ERROR$ (model-c: 1)" in caplog.text
+    pairs = config(eval_files, tmp_path, fake_openai, "pairwise_all", answer_files=answers)
+    summary = run_judge(pairs, api_key=TEST_API_KEY)
+    assert (summary.matches, summary.skipped_error_answers) == (3 * len(TURNS) - 2, 2)
+    assert all(ERROR_ANSWER not in r.user_prompt for r in fake_openai.chat_requests)

@@ -28,7 +28,7 @@ from absl import logging
 
 from vicuna_jax.cli import UserError
 from vicuna_jax.eval.jsonl import EvalInputError, JsonlAppender, iter_jsonl, write_jsonl
-from vicuna_jax.eval.questions import Question, load_questions
+from vicuna_jax.eval.questions import ERROR_ANSWER, Question, load_questions
 
 DEFAULT_TEMPERATURE = 0.7
 # FastChat's MT-bench table: deterministic answers where there is one right answer, a little variety for
@@ -36,7 +36,6 @@ DEFAULT_TEMPERATURE = 0.7
 CATEGORY_TEMPERATURES: Mapping[str, float] = {
     "coding": 0.0, "math": 0.0, "reasoning": 0.0, "extraction": 0.0, "stem": 0.1, "humanities": 0.1,
 }  # fmt: skip
-ERROR_ANSWER = "$ERROR$"  # FastChat's marker for an answer that could not be produced
 BUNDLED_QUESTIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "questions.jsonl")
 _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
 

@@ -41,11 +41,18 @@ from vicuna_jax.eval.matches import (
     Match,
     build_matches,
     is_unparsed,
+    mode_kind,
     row_key,
     row_kind,
 )
 from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
-from vicuna_jax.eval.questions import check_answers_cover, load_answer_files, load_questions, load_references
+from vicuna_jax.eval.questions import (
+    ERROR_ANSWER,
+    check_answers_cover,
+    load_answer_files,
+    load_questions,
+    load_references,
+)
 
 JUDGE_MODEL_ENV = "VICUNA_JAX_JUDGE_MODEL"
 
@@ -73,6 +80,7 @@ class JudgeConfig:
     temperature: float | None = None
     max_tokens: int | None = None
     base_url: str | None = None  # None: OPENAI_BASE_URL, else api.openai.com
+    rejudge_errors: bool = False  # judge again what is on file only as unreadable (score -1, verdict error)
     dry_run: bool = False
 
 
@@ -83,13 +91,16 @@ class RunSummary:
     judged: int = 0
     failed: int = 0
     unparsed: int = 0
+    rejudged: int = 0  # of the judgments to do, those redone because only unreadable ones were on file
+    skipped_error_answers: int = 0  # matches not judged because an answer shown is $ERROR$
     requests: int = 0
     interrupted: bool = False
     errors: list[str] = dataclasses.field(default_factory=list)
 
 
-def prepare(config: JudgeConfig) -> list[Match]:
-    """Loads and checks every input, and returns all matches of the run (no request is made)."""
+def prepare(config: JudgeConfig) -> tuple[list[Match], collections.Counter[str]]:
+    """Loads and checks every input; returns the matches to judge (no request is made) and, per model, how
+    many matches were left out because that model's answer is FastChat's $ERROR$ marker."""
     if not config.judge_model.strip():
         raise EvalInputError(
             f"no judge model: give --judge_model (the model name the endpoint serves) or set "
@@ -106,12 +117,11 @@ def prepare(config: JudgeConfig) -> list[Match]:
     ]
     if config.mode == "single" and config.baseline_model and config.baseline_model not in models:
         models.append(config.baseline_model)  # the report compares totals with it
-    kind = "vicuna" if config.mode == "vicuna" else "single" if config.mode == "single" else "pairwise"
-    prompts = load_prompts(config.judge_prompts or default_prompt_file(kind))
+    prompts = load_prompts(config.judge_prompts or default_prompt_file(mode_kind(config.mode)))
     references = load_references(config.reference_file) if config.reference_file else None
     involved = [m for m in [*models, config.baseline_model] if m in answers]
     check_answers_cover(questions, answers, involved, first_turn_only=config.mode == "vicuna")
-    return build_matches(
+    matches = build_matches(
         config.mode,
         questions,
         answers,
@@ -121,9 +131,28 @@ def prepare(config: JudgeConfig) -> list[Match]:
         references=references,
         reference_categories=config.reference_categories,
     )
+    skipped: collections.Counter[str] = collections.Counter()
+    kept = []
+    for m in matches:
+        failed = m.failed_answers()
+        skipped.update(failed)
+        if not failed:
+            kept.append(m)
+    if skipped:
+        logging.warning(
+            "not judging %d matches whose answer is %s (%s); produce those answers again "
+            "(eval.answers --redo_errors), then rerun this command",
+            len(matches) - len(kept),
+            ERROR_ANSWER,
+            ", ".join(f"{model}: {n}" for model, n in sorted(skipped.items())),
+        )
+    return kept, skipped
 
 
-def _done_keys(rows: list[dict[str, Any]], path: str, kind: str) -> set[tuple[Any, ...]]:
+def _done_keys(
+    rows: list[dict[str, Any]], path: str, kind: str, *, rejudge_errors: bool = False
+) -> set[tuple[Any, ...]]:
+    """Keys of the judgments on file; with rejudge_errors, only those with a readable judgment."""
     keys: set[tuple[Any, ...]] = set()
     for i, row in enumerate(rows, start=1):
         try:
@@ -135,8 +164,9 @@ def _done_keys(rows: list[dict[str, Any]], path: str, kind: str) -> set[tuple[An
                 f"{path} holds {found} judgments but this run writes {kind} ones; "
                 "choose another --output_file"
             )
-        keys.add(row_key(row))
-    if len(keys) < len(rows):
+        if not (rejudge_errors and is_unparsed(row)):
+            keys.add(row_key(row))
+    if len(keys) < len(rows) and not rejudge_errors:
         logging.warning(
             "%s: %d duplicate judgments (kept; the report counts each key once)", path, len(rows) - len(keys)
         )
@@ -145,20 +175,23 @@ def _done_keys(rows: list[dict[str, Any]], path: str, kind: str) -> set[tuple[An
 
 def run_judge(config: JudgeConfig, *, api_key: str | None = None) -> RunSummary:
     """Judges every match not already in the output file. `api_key` None reads OPENAI_API_KEY."""
-    matches = prepare(config)
-    summary = RunSummary(matches=len(matches))
-    kind = matches[0].kind if matches else "single"
+    matches, skipped = prepare(config)
+    summary = RunSummary(matches=len(matches), skipped_error_answers=sum(skipped.values()))
+    kind = mode_kind(config.mode)
     appender = JsonlAppender(config.output_file)
     try:
-        done = _done_keys(appender.existing, config.output_file, kind)
+        done = _done_keys(appender.existing, config.output_file, kind, rejudge_errors=config.rejudge_errors)
+        on_file = {row_key(r) for r in appender.existing}
         todo = [m for m in matches if m.key(config.judge_model) not in done]
         summary.already_done = len(matches) - len(todo)
+        summary.rejudged = sum(m.key(config.judge_model) in on_file for m in todo)
         logging.info(
-            "%d judgments in total, %d already in %s, %d to do",
+            "%d judgments in total, %d already in %s, %d to do%s",
             len(matches),
             summary.already_done,
             config.output_file,
             len(todo),
+            f" ({summary.rejudged} of them unreadable before: --rejudge_errors)" if summary.rejudged else "",
         )
         if config.dry_run:
             _show_plan(todo, config)
@@ -171,7 +204,7 @@ def run_judge(config: JudgeConfig, *, api_key: str | None = None) -> RunSummary:
 
 
 def _show_plan(todo: list[Match], config: JudgeConfig) -> None:
-    per_match = 2 if todo and todo[0].kind == "pairwise" else 1
+    per_match = 2 if mode_kind(config.mode) == "pairwise" else 1
     print(f"{len(todo)} judgments to do, {len(todo) * per_match} requests to {config.judge_model}")
     for prompt, n in collections.Counter(m.prompt.name for m in todo).most_common():
         print(f"  {n:5d} with prompt '{prompt}'")
@@ -338,6 +371,13 @@ def define_flags() -> None:
         None,
         "OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL, else OpenAI).",
     )
+    flags.DEFINE_bool(
+        "rejudge_errors",
+        False,
+        "Judge again the items on file only as unreadable judgments (score -1, verdict 'error'); the new "
+        "row is appended and the report prefers it. Failed requests are never written, so a plain rerun "
+        "already retries those.",
+    )
     flags.DEFINE_bool("dry_run", False, "Check the inputs and print what would be judged; send nothing.")
 
 
@@ -364,6 +404,7 @@ def config_from_flags() -> JudgeConfig:
         temperature=FLAGS.temperature,
         max_tokens=FLAGS.max_tokens,
         base_url=FLAGS.base_url,
+        rejudge_errors=FLAGS.rejudge_errors,
         dry_run=FLAGS.dry_run,
     )
 
@@ -376,11 +417,14 @@ def main(argv: Sequence[str]) -> None:
     except FatalJudgeError as e:  # a rejected key or unknown model: the user's to fix
         raise UserError(str(e)) from None
     logging.info(
-        "done: %d judged now, %d already done, %d unreadable judgments, %d requests",
+        "done: %d judged now, %d already done, %d unreadable judgments, %d requests, %d not judged "
+        "because an answer is %s",
         summary.judged,
         summary.already_done,
         summary.unparsed,
         summary.requests,
+        summary.skipped_error_answers,
+        ERROR_ANSWER,
     )
     if summary.failed:
         raise UserError(

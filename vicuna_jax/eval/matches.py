@@ -16,13 +16,18 @@ from absl import logging
 
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.prompts import JudgePrompt, check_turn_supported, select_prompt
-from vicuna_jax.eval.questions import Question
+from vicuna_jax.eval.questions import ERROR_ANSWER, Question
 from vicuna_jax.eval.verdicts import ERROR_SCORE
 
 MODES = ("single", "pairwise_baseline", "pairwise_all", "vicuna")
 DEFAULT_REFERENCE_CATEGORIES = ("math", "coding", "reasoning")
 
 Answers = dict[str, dict[str, tuple[str, ...]]]  # model -> question key -> turns
+
+
+def mode_kind(mode: str) -> str:
+    """The kind of judgment rows a mode writes."""
+    return "vicuna" if mode == "vicuna" else "single" if mode == "single" else "pairwise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,11 @@ class Match:
 
     def key(self, judge_model: str) -> tuple[Any, ...]:
         return match_key(self.kind, self.question.key, self.models, self.turn, judge_model)
+
+    def failed_answers(self) -> list[str]:
+        """The models whose answer shown to the judge (turns up to this one) is FastChat's $ERROR$."""
+        shown = zip(self.models, self.answers, strict=True)
+        return [m for m, turns in shown if ERROR_ANSWER in turns[: self.turn]]
 
 
 def match_key(

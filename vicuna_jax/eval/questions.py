@@ -14,6 +14,8 @@ from typing import Any
 
 from vicuna_jax.eval.jsonl import EvalInputError, iter_jsonl, require
 
+ERROR_ANSWER = "$ERROR$"  # FastChat's marker for an answer that could not be produced
+
 
 @dataclasses.dataclass(frozen=True)
 class Question:
