@@ -6,11 +6,14 @@
         --question_file=questions.jsonl --answer_file=answers/gpt-3.5-turbo.jsonl
 
 Local models answer in batches with the KV-cache generator, in the model's chat template; questions that
-share a sampling temperature (chosen per category, as FastChat does) share a batch. Multi-turn questions are
-answered turn by turn: turn 2's prompt holds turn 1's question and the model's own answer. Each question's
-row is appended and flushed once its batch finishes, so a rerun skips what is done; at the end the file is
-sorted by question_id with one row per question. A prompt with no room left in the context gets `$ERROR$`
-turns and an `error` field (rerun with --redo_errors to try again); it never stops the run.
+share a sampling temperature (a question's `required_temperature`, else chosen per category, as FastChat
+does) share a batch. Through an OpenAI-compatible server, answers start with the system message FastChat's
+API answerer sends (its "chatgpt" conversation template), unless --system says otherwise.
+Multi-turn questions are answered turn by turn: turn 2's prompt holds turn 1's question and the model's
+own answer. Each question's row is appended and flushed once its batch finishes, so a rerun skips what is
+done; at the end the file is sorted by question_id with one row per question. A prompt with no room left in
+the context gets `$ERROR$` turns and an `error` field (rerun with --redo_errors to try again); it never
+stops the run.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ DEFAULT_TEMPERATURE = 0.7
 CATEGORY_TEMPERATURES: Mapping[str, float] = {
     "coding": 0.0, "math": 0.0, "reasoning": 0.0, "extraction": 0.0, "stem": 0.1, "humanities": 0.1,
 }  # fmt: skip
+API_SYSTEM_MESSAGE = "You are a helpful assistant."  # FastChat's gen_api_answer (chatgpt template)
 BUNDLED_QUESTIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "questions.jsonl")
 _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
 
@@ -85,11 +89,15 @@ class AnswerConfig:
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise UserError(f"--top_p must be in (0, 1] and --top_k >= 0 (got {self.top_p}, {self.top_k})")
 
-    def temperature_for(self, category: str) -> float:
+    def temperature_for(self, question: Question) -> float:
+        """--temperature, else the question's required_temperature, else the category table (FastChat's
+        order; select_questions refuses --temperature with questions that require their own)."""
         if self.temperature is not None:
             return self.temperature
+        if question.required_temperature is not None:
+            return question.required_temperature
         table = {k.lower(): v for k, v in self.category_temperatures.items()}
-        return table.get(category.lower(), self.default_temperature)
+        return table.get(question.category.lower(), self.default_temperature)
 
 
 def parse_temperature_table(items: Sequence[str]) -> dict[str, float]:
@@ -126,7 +134,13 @@ def select_questions(config: AnswerConfig) -> list[Question]:
         if not questions:
             names = ", ".join(config.categories)
             raise UserError(f"no question in {config.question_file} has category {names}")
-    return questions[: config.first_n] if config.first_n is not None else questions
+    questions = questions[: config.first_n] if config.first_n is not None else questions
+    fixed = [q.question_id for q in questions if q.required_temperature is not None]
+    if fixed and config.temperature is not None:
+        shown = ", ".join(map(str, fixed[:8])) + (" ..." if len(fixed) > 8 else "")
+        raise UserError(f"--temperature conflicts with the required_temperature of question_id {shown} in "
+                        f"{config.question_file}; drop --temperature (those questions say how to sample)")
+    return questions
 
 
 @dataclasses.dataclass
@@ -219,6 +233,7 @@ class OpenAIAnswerer:
 
     The `openai` client retries 408/409/429/5xx, timeouts and dropped connections itself, with exponential
     backoff and the server's Retry-After. The key comes from OPENAI_API_KEY and is scrubbed from messages.
+    `system` None sends FastChat's API system message (API_SYSTEM_MESSAGE); "" sends none.
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -232,7 +247,8 @@ class OpenAIAnswerer:
             key = resolve_api_key(api_key)
         except FatalJudgeError as e:
             raise UserError(str(e)) from None
-        self.model, self.system = model, system
+        self.model = model
+        self.system = API_SYSTEM_MESSAGE if system is None else system
         self.max_new_tokens, self.top_p = max_new_tokens, top_p
         self.redact = redactor(key)
         self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries,
@@ -377,7 +393,7 @@ def _run_batched(todo: list[Question], config: AnswerConfig, answerer: LocalAnsw
                  appender: JsonlAppender, summary: AnswerSummary) -> None:
     by_temperature: dict[float, list[Question]] = {}
     for q in todo:
-        by_temperature.setdefault(config.temperature_for(q.category), []).append(q)
+        by_temperature.setdefault(config.temperature_for(q), []).append(q)
     done = 0
     for temperature, group in by_temperature.items():
         group = sorted(group, key=lambda q: len(q.turns[0]))  # similar lengths pad less
@@ -401,7 +417,7 @@ def _run_batched(todo: list[Question], config: AnswerConfig, answerer: LocalAnsw
 def _run_parallel(todo: list[Question], config: AnswerConfig, answerer: OpenAIAnswerer,
                   appender: JsonlAppender, summary: AnswerSummary) -> None:
     def answer(q: Question) -> list[TurnAnswers]:
-        temperature = config.temperature_for(q.category)
+        temperature = config.temperature_for(q)
         return [answerer.answer(q.turns, temperature) for _ in range(config.num_choices)]
 
     logging.info("answering with %s at %s, %d requests at a time", answerer.model, answerer.client.base_url,
@@ -497,7 +513,8 @@ def _define_flags() -> None:
                         "(default: the bundled sample questions).")
     flags.DEFINE_string("answer_file", None, "Answers jsonl; rows already there are skipped.", required=True)
     flags.DEFINE_string("template", "vicuna_v1.1", "Chat template of the local model.")
-    flags.DEFINE_string("system", None, "System message (template default when unset).")
+    flags.DEFINE_string("system", None, "System message. Unset: the chat template's default (local models) "
+                        f"or FastChat's '{API_SYSTEM_MESSAGE}' (--openai_model); --system= sends none.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
     flags.DEFINE_string("dtype", "float32", "Compute dtype of the local model: float32 or bfloat16.")
     flags.DEFINE_integer("max_new_tokens", 1024, "Most tokens per answer turn (less where the context ends).")
