@@ -164,6 +164,22 @@ def test_pairwise_all_report(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "win_tie_loss.png").exists()
 
 
+def test_pairwise_all_of_two_models_reports_both(tmp_path: Path) -> None:
+    rows = [
+        pair(1, "a", "b", "model_1", "model_1"),
+        pair(2, "a", "b", "model_1", "model_1"),
+        pair(3, "a", "b", "model_2", "model_2"),
+        pair(4, "a", "b", "model_1", "model_2"),  # inconsistent: a tie
+    ]
+    report = write_report(write_jsonl(tmp_path / "two.jsonl", rows), output_dir=str(tmp_path / "r"))
+    t = table(report, "Win / loss / tie against all other models")
+    # a: 2 wins, 1 loss, 1 tie -> 62.5%; b mirrors it: 1 win, 2 losses, 1 tie -> 37.5%.
+    assert {m: (t[m]["win"], t[m]["loss"], t[m]["tie"], t[m]["adjusted win rate"]) for m in t} == {
+        "a": ("2", "1", "1", "62.5%"),
+        "b": ("1", "2", "1", "37.5%"),
+    }
+
+
 def test_vicuna_review_report(tmp_path: Path) -> None:
     rows = [
         review(1, "gpt-3.5", "vicuna-13b", 8, 7),

@@ -207,9 +207,11 @@ def _pairwise(
     report: Report, rows: Rows, categories: dict[str, str] | None, baseline: str | None, plot_dir: str | None
 ) -> None:
     outcomes, errors = stats.pairwise_outcomes(rows)
-    second = {r["model_2"] for r in rows}
-    if baseline is None and len(second) == 1 and not second & {r["model_1"] for r in rows}:
-        baseline = second.pop()  # pairwise_baseline writes the baseline as model_2
+    first, second = {r["model_1"] for r in rows}, {r["model_2"] for r in rows}
+    if baseline is None and len(second) == 1 and len(first) > 1 and not second & first:
+        # pairwise_baseline writes the baseline as model_2. With one model against it, the file cannot be
+        # told from pairwise_all of two models: report both rows then (the baseline's mirrors the other).
+        baseline = second.pop()
     if baseline is not None:
         outcomes = stats.against_baseline(outcomes, baseline)
         if not outcomes:
