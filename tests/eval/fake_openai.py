@@ -6,7 +6,8 @@ parsing are exercised over real sockets. It is reusable by the answer-generation
 
 The default reply simulates a judge that reads quality markers planted in the answers it is shown
 (`<<score=7 turn=1>>`): single prompts get `[[7]]`, pairwise prompts the better of the two positions
-(`[[A]]`/`[[B]]`/`[[C]]`), Vicuna review prompts two scores on the first line. Because the verdict depends
+(`[[A]]`/`[[B]]`/`[[C]]`; on a five-level prompt `[[A>>B]]` when the markers differ by 4 or more, else
+`[[A>B]]`, `[[A=B]]` ...), Vicuna review prompts two scores on the first line. Because the verdict depends
 on where each answer landed in the prompt, end-to-end tests check prompt assembly and position swapping.
 """
 
@@ -74,6 +75,13 @@ def marker_judge(body: dict[str, Any], *, position_bias: bool = False) -> str:
     everything = "\n".join(m.get("content", "") for m in messages)
     user = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
     scores = _latest_turn_scores(user)
+    if "[[A>>B]]" in everything:  # a five-level (Arena-Hard style) prompt
+        if len(scores) < 2:
+            return "I could not find two replies to compare."
+        a, b = scores[0], scores[1]
+        better, gap = ("A", "B") if a >= b else ("B", "A"), abs(a - b)
+        verdict = "A=B" if gap == 0 else f"{better[0]}{'>>' if gap >= 4 else '>'}{better[1]}"
+        return f"My own answer first. Then the two replies.\nMy final verdict is [[{verdict}]]"
     if "[[A]]" in everything:
         if position_bias:
             return "Both replies look reasonable, but the first one reads better to me.\n[[A]]"

@@ -25,6 +25,7 @@ from vicuna_jax.eval.judge import JudgeConfig, run_judge
 from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
 from vicuna_jax.eval.questions import ERROR_ANSWER
 from vicuna_jax.eval.stats import load_judgments, pairwise_outcomes
+from vicuna_jax.eval.verdicts import FIVE_LEVELS
 
 PROVENANCE = {"judge", "judge_host", "judge_prompt_sha256"}
 SINGLE_KEYS = {"question_id", "model", "user_prompt", "judgment", "score", "turn", "tstamp", *PROVENANCE}
@@ -180,6 +181,37 @@ def test_pairwise_all_and_partial_resume(
             == expected_winner(r["model_1"], r["model_2"], r["question_id"], r["turn"])
         )
     assert_rerun_is_free(full, fake_openai)
+
+
+def test_five_level_verdicts_both_orders(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    """--verdicts=five: Arena-Hard-style verdicts, both orders judged; a marker gap of 4+ is a strong one."""
+    cfg = config(
+        eval_files, tmp_path, fake_openai, "pairwise_baseline", baseline_model="model-b", verdicts="five",
+        reference_file=eval_files["reference"],
+    )
+    run_judge(cfg, api_key=TEST_API_KEY)
+    rows = read_rows(cfg.output_file)
+    assert len(rows) == 2 * len(TURNS) and len(fake_openai.chat_requests) == 2 * len(rows)
+    assert all(set(r) == PAIR_KEYS | {"g1_verdict", "g2_verdict"} for r in rows)
+    for r in rows:
+        s1 = SCORES[r["model_1"]][r["question_id"]][r["turn"] - 1]
+        s2 = SCORES[r["model_2"]][r["question_id"]][r["turn"] - 1]
+        op = "=" if s1 == s2 else ">>" if abs(s1 - s2) >= 4 else ">"
+        first = "A=B" if op == "=" else f"A{op}B" if s1 > s2 else f"B{op}A"  # model_1 shown as A
+        second = first.translate(str.maketrans("AB", "BA")) if op != "=" else first  # positions swapped
+        assert (r["g1_verdict"], r["g2_verdict"]) == (first, second.replace("B=A", "A=B"))
+        winner = expected_winner(r["model_1"], r["model_2"], r["question_id"], r["turn"])
+        assert r["g1_winner"] == r["g2_winner"] == winner
+        assert r["judge"][1].startswith("pair5")
+    assert {r["g1_verdict"] for r in rows} == set(FIVE_LEVELS)  # every level is exercised
+    assert all("[[A>>B]]" in q.user_prompt for q in fake_openai.chat_requests)
+    three = dataclasses.replace(cfg, verdicts="three")
+    with pytest.raises(EvalInputError, match="holds 5-level pairwise verdicts but this run asks for 3-level"):
+        run_judge(three, api_key=TEST_API_KEY)
+    with pytest.raises(EvalInputError, match="--verdicts=five is for the pairwise modes"):
+        run_judge(dataclasses.replace(cfg, mode="single"), api_key=TEST_API_KEY)
 
 
 def test_vicuna_review(fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path) -> None:

@@ -50,6 +50,28 @@ def test_parse_verdict(text: str, expected: str) -> None:
     assert parse_verdict(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A is wrong, B is right.\nMy final verdict is [[B>>A]]", "B>>A"),
+        ("Slightly better: [[A>B]]", "A>B"),
+        ("[[ A = B ]]", "A=B"),
+        ("[[B<A]]", "A>B"),  # the same verdict written the other way round
+        ("[[A<<B]]", "B>>A"),
+        ("[[B>A]]", "B>A"),
+        ("[[A>>B]]", "A>>B"),
+        # Echoed instructions and lists are not verdicts; disagreement and nonsense are errors.
+        ("I output [[A>>B]] if assistant A is much better.", "error"),
+        ("Options: [[A>>B]], [[A>B]], [[A=B]], [[B>A]] or [[B>>A]].\nVerdict: [[B>A]]", "B>A"),
+        ("[[A>B]] ... on reflection [[B>A]]", "error"),
+        ("[[A>A]]", "error"),
+        ("[[A]]", "error"),  # a three-level token on a five-level prompt
+    ],
+)
+def test_parse_five_level_verdict(text: str, expected: str) -> None:
+    assert parse_verdict(text, "[[A>>B]]") == expected
+
+
 def test_parse_verdict_single_bracket_format() -> None:
     assert parse_verdict("Verdict: [B]", "[A]") == "B"
     assert parse_verdict("[A] if A is better, [B] if B is better", "[A]") == "error"

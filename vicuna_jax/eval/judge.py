@@ -44,6 +44,7 @@ from vicuna_jax.eval.matches import (
     mode_kind,
     row_key,
     row_kind,
+    row_verdict_levels,
 )
 from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
 from vicuna_jax.eval.questions import (
@@ -55,6 +56,7 @@ from vicuna_jax.eval.questions import (
 )
 
 JUDGE_MODEL_ENV = "VICUNA_JAX_JUDGE_MODEL"
+VERDICT_SCALES = {"three": 3, "five": 5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,7 @@ class JudgeConfig:
     max_tokens: int | None = None
     base_url: str | None = None  # None: OPENAI_BASE_URL, else api.openai.com
     rejudge_errors: bool = False  # judge again what is on file only as unreadable (score -1, verdict error)
+    verdicts: str = "three"  # pairwise: "three" (A / B / tie) or "five" (Arena-Hard: A>>B ... B>>A)
     dry_run: bool = False
 
 
@@ -108,6 +111,10 @@ def prepare(config: JudgeConfig) -> tuple[list[Match], collections.Counter[str]]
         )
     if config.parallel < 1 or config.max_retries < 0:
         raise EvalInputError("--parallel must be >= 1 and --max_retries >= 0")
+    if config.verdicts not in VERDICT_SCALES:
+        raise EvalInputError(f"--verdicts={config.verdicts}: expected one of {', '.join(VERDICT_SCALES)}")
+    if config.verdicts == "five" and mode_kind(config.mode) != "pairwise":
+        raise EvalInputError(f"--verdicts=five is for the pairwise modes, not --mode={config.mode}")
     questions = load_questions(config.question_file)
     if config.first_n is not None:
         questions = questions[: config.first_n]
@@ -130,6 +137,7 @@ def prepare(config: JudgeConfig) -> tuple[list[Match], collections.Counter[str]]
         baseline=config.baseline_model,
         references=references,
         reference_categories=config.reference_categories,
+        verdict_levels=VERDICT_SCALES[config.verdicts],
     )
     skipped: collections.Counter[str] = collections.Counter()
     kept = []
@@ -150,7 +158,7 @@ def prepare(config: JudgeConfig) -> tuple[list[Match], collections.Counter[str]]
 
 
 def _done_keys(
-    rows: list[dict[str, Any]], path: str, kind: str, *, rejudge_errors: bool = False
+    rows: list[dict[str, Any]], path: str, kind: str, *, rejudge_errors: bool = False, levels: int = 3
 ) -> set[tuple[Any, ...]]:
     """Keys of the judgments on file; with rejudge_errors, only those with a readable judgment."""
     keys: set[tuple[Any, ...]] = set()
@@ -163,6 +171,11 @@ def _done_keys(
             raise EvalInputError(
                 f"{path} holds {found} judgments but this run writes {kind} ones; "
                 "choose another --output_file"
+            )
+        if kind == "pairwise" and row_verdict_levels(row) != levels:
+            raise EvalInputError(
+                f"{path} holds {row_verdict_levels(row)}-level pairwise verdicts but this run asks for "
+                f"{levels}-level ones (--verdicts); choose another --output_file"
             )
         if not (rejudge_errors and is_unparsed(row)):
             keys.add(row_key(row))
@@ -180,7 +193,13 @@ def run_judge(config: JudgeConfig, *, api_key: str | None = None) -> RunSummary:
     kind = mode_kind(config.mode)
     appender = JsonlAppender(config.output_file)
     try:
-        done = _done_keys(appender.existing, config.output_file, kind, rejudge_errors=config.rejudge_errors)
+        done = _done_keys(
+            appender.existing,
+            config.output_file,
+            kind,
+            rejudge_errors=config.rejudge_errors,
+            levels=VERDICT_SCALES.get(config.verdicts, 3),
+        )
         on_file = {row_key(r) for r in appender.existing}
         todo = [m for m in matches if m.key(config.judge_model) not in done]
         summary.already_done = len(matches) - len(todo)
@@ -339,6 +358,13 @@ def define_flags() -> None:
         "Model every other model is compared with (pairwise_baseline, "
         "vicuna); its model id as in its answer file.",
     )
+    flags.DEFINE_enum(
+        "verdicts",
+        "three",
+        list(VERDICT_SCALES),
+        "Pairwise verdict scale: three (A better / B better / tie) or five (Arena-Hard style: A>>B, A>B, "
+        "A=B, B>A, B>>A; the report counts a strong win as 3 wins in the Bradley-Terry fit).",
+    )
     flags.DEFINE_string(
         "reference_file", None, "Reference answers (answer format) for reference-guided judging."
     )
@@ -405,6 +431,7 @@ def config_from_flags() -> JudgeConfig:
         max_tokens=FLAGS.max_tokens,
         base_url=FLAGS.base_url,
         rejudge_errors=FLAGS.rejudge_errors,
+        verdicts=FLAGS.verdicts,
         dry_run=FLAGS.dry_run,
     )
 

@@ -8,7 +8,8 @@ Row schemas (FastChat-compatible, so FastChat's tools can read our files and we 
 `judge` is [judge model, prompt name]. Every row also records `judge_host` (the endpoint's host[:port]) and
 `judge_prompt_sha256` (see JudgePrompt.sha256), so the report can refuse to mix different judges.
 Pairwise game 1 shows model_1 as A; game 2 swaps the positions, and both winners are stored as "model_1",
-"model_2", "tie" or "error".
+"model_2", "tie" or "error". With a five-level prompt the rows also hold `g1_verdict` / `g2_verdict`, the
+judge's verdict as given (positional: in game 2, A is model_2), e.g. "A>>B"; ">>" marks a strong one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from vicuna_jax.eval.prompts import JudgePrompt, pair_values, single_values, vic
 from vicuna_jax.eval.verdicts import (
     ERROR_SCORE,
     first_line,
+    five_level_winner,
+    is_five_level,
     last_line,
     parse_review_scores,
     parse_score,
@@ -95,8 +98,13 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
         g1_text = judge.complete(prompt.system_prompt, g1_user, **kwargs)
         g2_user = prompt.render(pair_values(q, match.turn, a2, a1, match.reference))
         g2_text = judge.complete(prompt.system_prompt, g2_user, **kwargs)
-        g1 = _winner(parse_verdict(g1_text, prompt.output_format), a="model_1", b="model_2")
-        g2 = _winner(parse_verdict(g2_text, prompt.output_format), a="model_2", b="model_1")
+        v1, v2 = parse_verdict(g1_text, prompt.output_format), parse_verdict(g2_text, prompt.output_format)
+        five = is_five_level(prompt.output_format)
+        if five:
+            verdicts = {"g1_verdict": v1, "g2_verdict": v2}
+            v1, v2 = five_level_winner(v1), five_level_winner(v2)
+        g1 = _winner(v1, a="model_1", b="model_2")
+        g2 = _winner(v2, a="model_2", b="model_1")
         if "error" in (g1, g2):
             games = ((1, g1, g1_text), (2, g2, g2_text))
             seen = [f"game {i}: {last_line(t)!r}" for i, g, t in games if g == "error"]
@@ -113,6 +121,7 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
             "model_2": match.models[1],
             "g1_winner": g1,
             "g2_winner": g2,
+            **(verdicts if five else {}),
             "g1_user_prompt": g1_user,
             "g1_judgment": g1_text,
             "g2_user_prompt": g2_user,

@@ -98,6 +98,11 @@ def is_unparsed(row: dict[str, Any]) -> bool:
     return (score[0] if isinstance(score, list) else score) == ERROR_SCORE
 
 
+def row_verdict_levels(row: dict[str, Any]) -> int:
+    """5 for a pairwise row with Arena-Hard-style verdicts (it has g1_verdict), else 3."""
+    return 5 if "g1_verdict" in row else 3
+
+
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
     kind = row_kind(row)
     qid = str(row["question_id"])
@@ -150,6 +155,7 @@ def build_matches(
     baseline: str | None = None,
     references: dict[str, tuple[str, ...]] | None = None,
     reference_categories: Sequence[str] = DEFAULT_REFERENCE_CATEGORIES,
+    verdict_levels: int = 3,
 ) -> list[Match]:
     """All matches of a mode, question-major so an interrupted run has covered every model evenly."""
     if mode not in MODES:
@@ -181,7 +187,13 @@ def build_matches(
         for q in questions:
             for turn in range(1, len(q.turns) + 1):
                 ref = _reference_for(q, turn, references, reference_categories, missing_refs)
-                prompt = select_prompt(prompts, "pairwise", multi_turn=turn > 1, reference=ref is not None)
+                prompt = select_prompt(
+                    prompts,
+                    "pairwise",
+                    multi_turn=turn > 1,
+                    reference=ref is not None,
+                    verdict_levels=verdict_levels,
+                )
                 check_turn_supported(prompt, turn)
                 for m1, m2 in pairs:
                     pair_answers = (answers[m1][q.key], answers[m2][q.key])

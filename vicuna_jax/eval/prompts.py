@@ -55,6 +55,11 @@ class JudgePrompt:
         return any(p.startswith("ref_answer") or p == "reference_conversation" for p in self.placeholders)
 
     @property
+    def verdict_levels(self) -> int:
+        """5 for a pairwise prompt asking for Arena-Hard-style verdicts ([[A>>B]] ... [[B>>A]]), else 3."""
+        return 5 if self.type == "pairwise" and ">" in self.output_format else 3
+
+    @property
     def multi_turn(self) -> bool:
         if self.type == "vicuna":  # Vicuna reviews show one turn; their {answer_2} is assistant 2's answer
             return False
@@ -156,8 +161,10 @@ def select_prompt(
     multi_turn: bool = False,
     reference: bool = False,
     category: str = "",
+    verdict_levels: int = 3,
 ) -> JudgePrompt:
-    """The first prompt of `kind` that fits; Vicuna review prompts are chosen by category (coding, math)."""
+    """The first prompt of `kind` that fits; Vicuna review prompts are chosen by category (coding, math).
+    Pairwise prompts must also give verdicts on the asked scale (3: A / B / tie, 5: Arena-Hard style)."""
     if kind == "vicuna":
         candidates = [p for p in prompts if p.type == "vicuna"]
         if not candidates:
@@ -167,10 +174,14 @@ def select_prompt(
                 if p.category == wanted:
                     return p
         return candidates[0]
+    levels = verdict_levels if kind == "pairwise" else 3
     for p in prompts:
-        if p.type == kind and p.multi_turn == multi_turn and p.reference_guided == reference:
+        if (p.type == kind and p.multi_turn == multi_turn and p.reference_guided == reference
+                and p.verdict_levels == levels):
             return p
     shape = f"{'multi-turn' if multi_turn else 'single-turn'}, {'with' if reference else 'without'} reference"
+    if kind == "pairwise":
+        shape += f", {levels}-level verdicts"
     raise EvalInputError(f"the judge prompt file has no '{kind}' prompt for {shape} judging")
 
 

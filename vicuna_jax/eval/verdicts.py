@@ -6,6 +6,8 @@ are not verdicts, so a verdict token is discarded when it
   - sits in a list of tokens ("[[A]], [[B]] or [[C]]", "[[A]]/[[B]]/[[C]]"), or
   - ends a conditional instruction ("if A is better, output [[A]]").
 The tokens left must all name the same letter; otherwise the verdict is "error" (never a silent "A").
+Five-level prompts (Arena-Hard style, output_format "[[A>>B]]") are read the same way and give one of
+FIVE_LEVELS: A much better, A a little better, equal, B a little better, B much better.
 Scores are read on a 0-10 scale: the rubric asks for 1-10, but judges give 0 to an empty or refused answer,
 and that is a verdict, not a parse failure. Anything else is recorded as -1 with the judge's text kept.
 """
@@ -46,15 +48,45 @@ def parse_score(judgment: str) -> float:
     return score if MIN_SCORE <= score <= MAX_SCORE else ERROR_SCORE
 
 
+FIVE_LEVELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
+_FIVE_LEVEL_RE = re.compile(r"\[\[\s*([AB])\s*(>>|<<|>|<|=)\s*([AB])\s*\]\]")
+
+
+def is_five_level(output_format: str) -> bool:
+    """A prompt asking for Arena-Hard-style verdicts ("[[A>>B]]") rather than [[A]] / [[B]] / [[C]]."""
+    return ">" in output_format
+
+
+def _five_level(m: re.Match[str]) -> str:
+    """Canonical form of a five-level token ("B<A" is "A>B"); '' for nonsense such as "A>A"."""
+    x, op, y = m.groups()
+    if x == y:
+        return ""
+    if op == "=":
+        return "A=B"
+    if op.startswith("<"):
+        x, op = y, op.replace("<", ">")
+    return f"{x}{op}{'B' if x == 'A' else 'A'}"
+
+
 def _verdict_pattern(output_format: str) -> re.Pattern[str]:
     fmt = output_format.strip()
+    if is_five_level(fmt):
+        return _FIVE_LEVEL_RE
     if fmt.startswith("[") and not fmt.startswith("[["):  # a prompt that asks for "[A]"
         return re.compile(r"(?<!\[)\[\s*([ABC])\s*\](?!\])")
     return re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
 
+def five_level_winner(verdict: str) -> str:
+    """'A', 'B' or 'tie' for a five-level verdict; 'error' passes through."""
+    return "tie" if verdict == "A=B" else verdict[0] if verdict in FIVE_LEVELS else "error"
+
+
 def parse_verdict(judgment: str, output_format: str = "[[A]]") -> str:
-    """'A', 'B', 'tie' (from C), or 'error' when there is no verdict or the verdicts disagree."""
+    """'A', 'B', 'tie' (from C), or 'error' when there is no verdict or the verdicts disagree; for a
+    five-level output_format, one of FIVE_LEVELS or 'error'."""
+    five = is_five_level(output_format)
     tokens = list(_verdict_pattern(output_format).finditer(judgment))
     in_list = set()
     for i in range(len(tokens) - 1):
@@ -66,9 +98,11 @@ def parse_verdict(judgment: str, output_format: str = "[[A]]") -> str:
         sentence = before[_start_of_sentence(before) :]
         if i in in_list or _CONDITION_AFTER_RE.match(judgment[m.end() :]) or _INSTRUCTION_RE.search(sentence):
             continue
-        letters.append(m.group(1))
-    if not letters or len(set(letters)) > 1:
+        letters.append(_five_level(m) if five else m.group(1))
+    if not letters or len(set(letters)) > 1 or "" in letters:
         return "error"
+    if five:
+        return letters[0]
     return "tie" if letters[0] == "C" else letters[0]
 
 
