@@ -16,6 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import eval_samples
 import pytest
 from eval_samples import QUESTIONS, REFERENCE_TEXT, SCORES, write_jsonl
 from fake_openai import TEST_API_KEY, FakeOpenAI, Fault, marker_judge
@@ -41,6 +42,7 @@ PAIR_KEYS = {
     "g2_judgment",
     "turn",
     "tstamp",
+    "answer_lengths",
     *PROVENANCE,
 }
 VICUNA_KEYS = {"question_id", "model_1", "model_2", "text", "score", *PROVENANCE}
@@ -138,6 +140,8 @@ def test_pairwise_baseline_swaps_positions(
         a1, b1 = r["g1_user_prompt"].index(f"{m1} answer"), r["g1_user_prompt"].index(f"{m2} answer")
         a2, b2 = r["g2_user_prompt"].index(f"{m2} answer"), r["g2_user_prompt"].index(f"{m1} answer")
         assert a1 < b1 and a2 < b2  # game 1 shows model_1 as A, game 2 swaps
+        shown = [eval_samples.answer_rows(m)[r["question_id"] - 1]["choices"][0]["turns"] for m in (m1, m2)]
+        assert r["answer_lengths"] == [len(turns[r["turn"] - 1]) for turns in shown]
         assert r["judge"][0] == "judge-x"
         assert r["judge"][1] == {(3, 1): "pair-ref", (2, 2): "pair-multi-turn"}.get(
             (r["question_id"], r["turn"]), "pair"

@@ -10,6 +10,8 @@ Row schemas (FastChat-compatible, so FastChat's tools can read our files and we 
 Pairwise game 1 shows model_1 as A; game 2 swaps the positions, and both winners are stored as "model_1",
 "model_2", "tie" or "error". With a five-level prompt the rows also hold `g1_verdict` / `g2_verdict`, the
 judge's verdict as given (positional: in game 2, A is model_2), e.g. "A>>B"; ">>" marks a strong one.
+Pairwise rows also record `answer_lengths`: the characters of model_1's and model_2's judged replies, for
+the report's length-controlled win rate.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def judge_match(match: Match, judge: Completer, sampling: Sampling) -> dict[str,
             "g1_winner": g1,
             "g2_winner": g2,
             **(verdicts if five else {}),
+            "answer_lengths": [len(a1[match.turn - 1]), len(a2[match.turn - 1])],
             "g1_user_prompt": g1_user,
             "g1_judgment": g1_text,
             "g2_user_prompt": g2_user,
