@@ -139,7 +139,12 @@ def test_pairwise_baseline_report(tmp_path: Path) -> None:
         "50.0%",
     )
     assert "1 judgments without a readable verdict were left out." in report.notes
-    assert {Path(p).name for p in report.plots} == {"win_tie_loss.png", "by_category.png", "radar.png"}
+    assert {Path(p).name for p in report.plots} == {
+        "win_tie_loss.png",
+        "by_category.png",
+        "radar.png",
+        "win_rate_matrix.png",
+    }
 
 
 def test_pairwise_all_report(tmp_path: Path) -> None:
