@@ -306,13 +306,14 @@ def _ratings_section(
             row += [_pct(r.win_rate), "-" if r.model == anchor else _interval(r.win_lower, r.win_upper, _pct)]
         cells.append([*row, f"{r.games:g}"])
     scale = f"{anchor} = 1000" if anchor else "mean 1000"
-    report.tables.append((f"Bradley-Terry ratings (Elo scale, {scale})", [*header, "games"], cells))
+    strong = any("g1_verdict" in r for r in rows)
+    games_column = "weighted games" if strong else "games"
+    report.tables.append((f"Bradley-Terry ratings (Elo scale, {scale})", [*header, games_column], cells))
     report.headline += [
         f"{r.model}: rating {rating(r.rating)}"
         + ("" if r.model == anchor else f" (95% CI {_interval(r.lower, r.upper, rating)})")
         for r in table.ratings
     ]
-    strong = any("g1_verdict" in r for r in rows)
     report.notes.append(
         f"Ratings: Bradley-Terry over {len(games)} games (each judged order is a game, ties count half"
         + (f", a strong verdict such as A>>B counts {ratings.STRONG_WEIGHT:g} games" if strong else "")
