@@ -1,7 +1,12 @@
 """LLM-as-a-judge over any OpenAI-compatible endpoint: single grades, pairwise with swap, Vicuna reviews.
 
-    OPENAI_API_KEY=... python -m vicuna_jax.eval.judge --mode=single \\
+    OPENAI_API_KEY=... python -m vicuna_jax.eval.judge --mode=single --judge_model=gpt-4.1 \\
         --question_file=questions.jsonl --answer_files=a.jsonl,b.jsonl --output_file=judgments.jsonl
+
+There is no default judge model: --judge_model (or VICUNA_JAX_JUDGE_MODEL) names it, and every row records
+it with the endpoint's host and the prompt's name and text hash. --verdicts=five asks pairwise judges for
+Arena-Hard-style five-level verdicts; --rejudge_errors redoes unreadable judgments; matches that would show
+an $ERROR$ answer are skipped and counted.
 
 Every judgment is appended to --output_file and flushed as it arrives; rerunning the same command skips what
 is done (no new requests, no duplicate rows), so an interrupted or partly failed run is finished by running
