@@ -6,7 +6,8 @@ parsing are exercised over real sockets. It is reusable by the answer-generation
 
 The default reply simulates a judge that reads quality markers planted in the answers it is shown
 (`<<score=7 turn=1>>`): single prompts get `[[7]]`, pairwise prompts the better of the two positions
-(`[[A]]`/`[[B]]`/`[[C]]`), Vicuna review prompts two scores on the first line. Because the verdict depends
+(`[[A]]`/`[[B]]`/`[[C]]`; on a five-level prompt `[[A>>B]]` when the markers differ by 4 or more, else
+`[[A>B]]`, `[[A=B]]` ...), Vicuna review prompts two scores on the first line. Because the verdict depends
 on where each answer landed in the prompt, end-to-end tests check prompt assembly and position swapping.
 """
 
@@ -40,6 +41,8 @@ class Fault:
     delay_s: float = 0.0  # sleep before answering (past the client's timeout = a timeout)
     content: str | None = None  # judge text to send instead of the scripted one (malformed judgments)
     raw_body: str | None = None  # send this body verbatim
+    trickle_s: float = 0.0  # send the response one byte per trickle_s seconds (every read is prompt)
+    trickle_headers: bool = True  # trickle the status line and headers too, not only the body
 
 
 @dataclasses.dataclass
@@ -72,6 +75,13 @@ def marker_judge(body: dict[str, Any], *, position_bias: bool = False) -> str:
     everything = "\n".join(m.get("content", "") for m in messages)
     user = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
     scores = _latest_turn_scores(user)
+    if "[[A>>B]]" in everything:  # a five-level (Arena-Hard style) prompt
+        if len(scores) < 2:
+            return "I could not find two replies to compare."
+        a, b = scores[0], scores[1]
+        better, gap = ("A", "B") if a >= b else ("B", "A"), abs(a - b)
+        verdict = "A=B" if gap == 0 else f"{better[0]}{'>>' if gap >= 4 else '>'}{better[1]}"
+        return f"My own answer first. Then the two replies.\nMy final verdict is [[{verdict}]]"
     if "[[A]]" in everything:
         if position_bias:
             return "Both replies look reasonable, but the first one reads better to me.\n[[A]]"
@@ -104,6 +114,8 @@ class FakeOpenAI:
         self.model_ids = model_ids
         self._faults: deque[Fault] = deque()
         self._requests: list[RecordedRequest] = []
+        self.trickled: list[tuple[int, int]] = []  # (bytes sent, bytes in the response) per trickled reply
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -124,6 +136,7 @@ class FakeOpenAI:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # ends any trickle in progress
         self._server.shutdown()
         self._server.server_close()
 
@@ -210,7 +223,31 @@ class FakeOpenAI:
                     self._send(fault.status, error, fault.headers)
                     return
                 content = fault.content if fault.content is not None else owner.reply(body)
-                self._send(200, _completion(body.get("model", "unknown"), content), fault.headers)
+                completion = _completion(body.get("model", "unknown"), content)
+                if fault.trickle_s:
+                    self._trickle(json.dumps(completion).encode(), fault)
+                    return
+                self._send(200, completion, fault.headers)
+
+            def _trickle(self, data: bytes, fault: Fault) -> None:
+                """A slow server: one byte at a time until done, the client hangs up, or the server stops."""
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                self.close_connection = True
+                sent, message = 0, head + data
+                try:
+                    if not fault.trickle_headers:
+                        self.connection.sendall(head)  # unbuffered: nothing is left to flush on hang-up
+                        sent = len(head)
+                    while sent < len(message) and not owner._stopping.wait(fault.trickle_s):
+                        self.connection.sendall(message[sent : sent + 1])
+                        sent += 1
+                except OSError:
+                    pass  # the client hung up
+                with owner._lock:
+                    owner.trickled.append((sent, len(message)))
 
             def _authorized(self) -> bool:
                 if self.headers.get("Authorization") == f"Bearer {owner.api_key}":

@@ -268,30 +268,50 @@ def _echo(body: dict[str, Any]) -> str:
 
 def test_openai_answers_multi_turn_resume_and_retries(tmp_path: Path, fake_openai: Any):
     fake_openai.reply = _echo
-    q2_turn1 = QUESTIONS[1]["turns"][0]
-    qfile = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
+    questions = [*QUESTIONS, {"question_id": 5, "category": "coding", "turns": ["Sort [3, 1, 2]."],
+                              "required_temperature": 0.4}]  # FastChat's per-question override of the table
+    qfile = write_jsonl(tmp_path / "q.jsonl", questions)
     config = AnswerConfig(question_file=qfile, answer_file=str(tmp_path / "gpt.jsonl"),
                           model_id="gpt-3.5-turbo", max_new_tokens=50, batch_size=2)
     fake_openai.push(Fault(status=500, headers={"retry-after-ms": "10"}))  # retried by the client
     answerer = OpenAIAnswerer("gpt-3.5-turbo", max_new_tokens=50, max_retries=2)
     summary = run_answers(config, answerer)
-    assert summary.answered == 4 and not summary.failed
+    assert summary.answered == 5 and not summary.failed
     rows = _read(config.answer_file)
-    assert rows[1]["choices"][0]["turns"] == ["answer to 'What is 12 * 12?' after 1 messages",
-                                              "answer to 'Now divide that by 3.' after 3 messages"]
-    requests = [r.body for r in fake_openai.chat_requests if r.body["messages"][0]["content"] == q2_turn1]
+    assert rows[1]["choices"][0]["turns"] == ["answer to 'What is 12 * 12?' after 2 messages",
+                                              "answer to 'Now divide that by 3.' after 4 messages"]
+    # Every conversation opens with the system message FastChat's API answerer sends.
+    assert {r.system_prompt for r in fake_openai.chat_requests} == {"You are a helpful assistant."}
+    first_user = {r.body["messages"][1]["content"]: r.body for r in fake_openai.chat_requests}
+    q2_turn1 = QUESTIONS[1]["turns"][0]
+    requests = [r.body for r in fake_openai.chat_requests if r.body["messages"][1]["content"] == q2_turn1]
     second = max(requests, key=lambda b: len(b["messages"]))["messages"]
-    assert [m["role"] for m in second] == ["user", "assistant", "user"]
-    assert second[1]["content"] == rows[1]["choices"][0]["turns"][0]
-    temps = {r.body["messages"][0]["content"]: r.body["temperature"] for r in fake_openai.chat_requests}
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[2]["content"] == rows[1]["choices"][0]["turns"][0]
+    temps = {text: body["temperature"] for text, body in first_user.items()}
     assert temps[QUESTIONS[0]["turns"][0]] == 0.0 and temps[QUESTIONS[2]["turns"][0]] == 0.7
-    assert temps[QUESTIONS[3]["turns"][0]] == 0.1
+    assert temps[QUESTIONS[3]["turns"][0]] == 0.1 and temps["Sort [3, 1, 2]."] == 0.4
     assert {r.body["max_tokens"] for r in fake_openai.chat_requests} == {50}
     assert {r.body["model"] for r in fake_openai.chat_requests} == {"gpt-3.5-turbo"}
-    assert len(fake_openai.chat_requests) == 6  # 5 turns + 1 retried 500
+    assert len(fake_openai.chat_requests) == 7  # 6 turns + 1 retried 500
 
     sent = len(fake_openai.requests)
     assert run_answers(config, answerer).answered == 0 and len(fake_openai.requests) == sent
+
+    # --system= sends no system message; --temperature cannot override a question's required temperature.
+    fake_openai.clear()
+    bare = dataclasses.replace(config, answer_file=str(tmp_path / "bare.jsonl"), question_ids=("1",))
+    run_answers(bare, OpenAIAnswerer("gpt-3.5-turbo", system=""))
+    assert [m["role"] for m in fake_openai.chat_requests[0].body["messages"]] == ["user"]
+    forced = dataclasses.replace(bare, question_ids=(), temperature=1.0)
+    with pytest.raises(UserError, match="conflicts with the required_temperature of question_id 5 in"):
+        run_answers(forced, answerer)
+
+
+def test_local_answers_honour_required_temperature(tmp_path: Path, counting: CountingGenerator):
+    questions = [{**QUESTIONS[0], "required_temperature": 0.5}, QUESTIONS[2]]  # coding (table: 0.0), writing
+    _run(tmp_path, counting, questions)
+    assert sorted(params.temperature for _, params in counting.calls) == [0.5, 0.7]
 
 
 def test_openai_failures_are_left_for_the_next_run(tmp_path: Path, fake_openai: Any, monkeypatch):

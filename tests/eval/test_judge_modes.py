@@ -6,34 +6,47 @@ reached the right position of the right prompt; reruns must send zero requests a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
+import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import eval_samples
 import pytest
 from eval_samples import QUESTIONS, REFERENCE_TEXT, SCORES, write_jsonl
-from fake_openai import TEST_API_KEY, FakeOpenAI, marker_judge
+from fake_openai import TEST_API_KEY, FakeOpenAI, Fault, marker_judge
 
+from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.judge import JudgeConfig, run_judge
-from vicuna_jax.eval.stats import pairwise_outcomes
+from vicuna_jax.eval.prompts import default_prompt_file, load_prompts
+from vicuna_jax.eval.questions import ERROR_ANSWER
+from vicuna_jax.eval.stats import load_judgments, pairwise_outcomes
+from vicuna_jax.eval.verdicts import FIVE_LEVELS
 
-SINGLE_KEYS = {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", "tstamp"}
+PROVENANCE = {"judge", "judge_host", "judge_prompt_sha256"}
+SINGLE_KEYS = {"question_id", "model", "user_prompt", "judgment", "score", "turn", "tstamp", *PROVENANCE}
 PAIR_KEYS = {
     "question_id",
     "model_1",
     "model_2",
     "g1_winner",
     "g2_winner",
-    "judge",
     "g1_user_prompt",
     "g1_judgment",
     "g2_user_prompt",
     "g2_judgment",
     "turn",
     "tstamp",
+    "answer_lengths",
+    *PROVENANCE,
 }
-VICUNA_KEYS = {"question_id", "model_1", "model_2", "text", "score"}
+VICUNA_KEYS = {"question_id", "model_1", "model_2", "text", "score", *PROVENANCE}
+REPO = Path(__file__).resolve().parents[2]
 TURNS = [(q["question_id"], t + 1) for q in QUESTIONS for t in range(len(q["turns"]))]  # 4 (question, turn)
 
 
@@ -44,6 +57,7 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 def config(files: dict[str, Any], tmp_path: Path, server: FakeOpenAI, mode: str, **kw: Any) -> JudgeConfig:
     kw.setdefault("answer_files", tuple(files["answers"].values()))
+    kw.setdefault("judge_model", "gpt-4")
     return JudgeConfig(
         mode=mode,
         question_file=files["questions"],
@@ -83,6 +97,11 @@ def test_single(fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: P
         assert r["judge"] == ["gpt-4", prompt]
         assert (REFERENCE_TEXT in r["user_prompt"]) == (qid == 3)
         assert "Rating: [[" in r["judgment"]
+    prompts = {p.name: p for p in load_prompts(default_prompt_file("single"))}
+    host = urllib.parse.urlsplit(fake_openai.base_url).netloc
+    for r in rows:  # who judged, where, with which prompt text
+        assert r["judge_host"] == host and r["judge_prompt_sha256"] == prompts[r["judge"][1]].sha256
+    assert len({r["judge_prompt_sha256"] for r in rows}) == 3  # single, single-ref, single-multi-turn
     multi = got["model-a", 2, 2]["user_prompt"]  # turn 2 shows the whole conversation, in order
     assert (
         multi.index("Write a haiku about rain.") < multi.index("turn=1>>") < multi.index("Now make it about")
@@ -121,6 +140,8 @@ def test_pairwise_baseline_swaps_positions(
         a1, b1 = r["g1_user_prompt"].index(f"{m1} answer"), r["g1_user_prompt"].index(f"{m2} answer")
         a2, b2 = r["g2_user_prompt"].index(f"{m2} answer"), r["g2_user_prompt"].index(f"{m1} answer")
         assert a1 < b1 and a2 < b2  # game 1 shows model_1 as A, game 2 swaps
+        shown = [eval_samples.answer_rows(m)[r["question_id"] - 1]["choices"][0]["turns"] for m in (m1, m2)]
+        assert r["answer_lengths"] == [len(turns[r["turn"] - 1]) for turns in shown]
         assert r["judge"][0] == "judge-x"
         assert r["judge"][1] == {(3, 1): "pair-ref", (2, 2): "pair-multi-turn"}.get(
             (r["question_id"], r["turn"]), "pair"
@@ -164,6 +185,37 @@ def test_pairwise_all_and_partial_resume(
             == expected_winner(r["model_1"], r["model_2"], r["question_id"], r["turn"])
         )
     assert_rerun_is_free(full, fake_openai)
+
+
+def test_five_level_verdicts_both_orders(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    """--verdicts=five: Arena-Hard-style verdicts, both orders judged; a marker gap of 4+ is a strong one."""
+    cfg = config(
+        eval_files, tmp_path, fake_openai, "pairwise_baseline", baseline_model="model-b", verdicts="five",
+        reference_file=eval_files["reference"],
+    )
+    run_judge(cfg, api_key=TEST_API_KEY)
+    rows = read_rows(cfg.output_file)
+    assert len(rows) == 2 * len(TURNS) and len(fake_openai.chat_requests) == 2 * len(rows)
+    assert all(set(r) == PAIR_KEYS | {"g1_verdict", "g2_verdict"} for r in rows)
+    for r in rows:
+        s1 = SCORES[r["model_1"]][r["question_id"]][r["turn"] - 1]
+        s2 = SCORES[r["model_2"]][r["question_id"]][r["turn"] - 1]
+        op = "=" if s1 == s2 else ">>" if abs(s1 - s2) >= 4 else ">"
+        first = "A=B" if op == "=" else f"A{op}B" if s1 > s2 else f"B{op}A"  # model_1 shown as A
+        second = first.translate(str.maketrans("AB", "BA")) if op != "=" else first  # positions swapped
+        assert (r["g1_verdict"], r["g2_verdict"]) == (first, second.replace("B=A", "A=B"))
+        winner = expected_winner(r["model_1"], r["model_2"], r["question_id"], r["turn"])
+        assert r["g1_winner"] == r["g2_winner"] == winner
+        assert r["judge"][1].startswith("pair5")
+    assert {r["g1_verdict"] for r in rows} == set(FIVE_LEVELS)  # every level is exercised
+    assert all("[[A>>B]]" in q.user_prompt for q in fake_openai.chat_requests)
+    three = dataclasses.replace(cfg, verdicts="three")
+    with pytest.raises(EvalInputError, match="holds 5-level pairwise verdicts but this run asks for 3-level"):
+        run_judge(three, api_key=TEST_API_KEY)
+    with pytest.raises(EvalInputError, match="--verdicts=five is for the pairwise modes"):
+        run_judge(dataclasses.replace(cfg, mode="single"), api_key=TEST_API_KEY)
 
 
 def test_vicuna_review(fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path) -> None:
@@ -230,8 +282,6 @@ def test_fastchat_prompt_file(fake_openai: FakeOpenAI, eval_files: dict[str, Any
 def test_bad_inputs_fail_before_any_request(
     fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    from vicuna_jax.eval.jsonl import EvalInputError
-
     short = write_jsonl(
         tmp_path / "short.jsonl",
         [
@@ -280,3 +330,72 @@ def test_dry_run_sends_nothing_and_needs_no_key(
     assert summary.matches == 12 and summary.requests == 0 and fake_openai.chat_requests == []
     out = capsys.readouterr().out
     assert "12 judgments to do, 24 requests to gpt-4" in out and "3 with prompt 'pair-ref'" in out
+
+
+def test_the_judge_model_must_be_named(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    """No retired default: no --judge_model and no VICUNA_JAX_JUDGE_MODEL is a one-line error before any
+    request; the environment variable names the judge when the flag is absent."""
+    with pytest.raises(EvalInputError, match="no judge model: give --judge_model"):
+        run_judge(config(eval_files, tmp_path, fake_openai, "single", judge_model=""), api_key=TEST_API_KEY)
+    out = tmp_path / "cli.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vicuna_jax.eval.judge",
+        "--first_n=1",
+        f"--question_file={eval_files['questions']}",
+        f"--answer_files={eval_files['answers']['model-a']}",
+        f"--output_file={out}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "VICUNA_JAX_JUDGE_MODEL"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no judge model: give --judge_model")
+    assert fake_openai.chat_requests == []
+    env["VICUNA_JAX_JUDGE_MODEL"] = "judge-from-env"
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["judge"][0] for r in read_rows(str(out))] == ["judge-from-env"]
+    assert {r.body["model"] for r in fake_openai.chat_requests} == {"judge-from-env"}
+
+
+def test_rejudge_errors_redoes_only_unreadable_judgments(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = config(eval_files, tmp_path, fake_openai, "single", first_n=1)  # 3 models, 1 question
+    fake_openai.push(Fault(content="I would rather not grade this."))  # the first judgment is unreadable
+    first = run_judge(cfg, api_key=TEST_API_KEY)
+    assert (first.judged, first.unparsed) == (3, 1)
+    assert run_judge(cfg, api_key=TEST_API_KEY).requests == 0  # a plain rerun keeps the unreadable one
+    redo = dataclasses.replace(cfg, rejudge_errors=True)
+    summary = run_judge(redo, api_key=TEST_API_KEY)
+    assert (summary.requests, summary.rejudged, summary.already_done, summary.unparsed) == (1, 1, 2, 0)
+    rows = read_rows(cfg.output_file)
+    assert len(rows) == 4 and [r["score"] for r in rows].count(-1) == 1  # the old row kept, the redo appended
+    judged = load_judgments(cfg.output_file)
+    assert judged.duplicates == 1 and sorted(r["score"] for r in judged.rows) == [2, 5, 8]  # the redo wins
+    assert run_judge(redo, api_key=TEST_API_KEY).requests == 0  # nothing unreadable is left
+
+
+def test_error_answers_are_not_judged_but_counted(
+    fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer recorded as $ERROR$ (no room in the context) is never shown to the judge: the matches that
+    would show it are skipped and counted; earlier turns of the same question are still judged."""
+    rows = read_rows(eval_files["answers"]["model-c"])
+    rows[1]["choices"][0]["turns"][1] = ERROR_ANSWER  # question 2, turn 2
+    broken = write_jsonl(tmp_path / "model-c.jsonl", rows)
+    answers = (eval_files["answers"]["model-a"], eval_files["answers"]["model-b"], broken)
+    caplog.set_level("WARNING")
+    single = config(eval_files, tmp_path, fake_openai, "single", answer_files=answers)
+    summary = run_judge(single, api_key=TEST_API_KEY)
+    assert (summary.matches, summary.skipped_error_answers) == (3 * len(TURNS) - 1, 1)
+    judged = {(r["model"], r["question_id"], r["turn"]) for r in read_rows(single.output_file)}
+    assert ("model-c", 2, 1) in judged and ("model-c", 2, 2) not in judged
+    assert "not judging 1 matches whose answer is $ERROR$ (model-c: 1)" in caplog.text
+    pairs = config(eval_files, tmp_path, fake_openai, "pairwise_all", answer_files=answers)
+    summary = run_judge(pairs, api_key=TEST_API_KEY)
+    assert (summary.matches, summary.skipped_error_answers) == (3 * len(TURNS) - 2, 2)
+    assert all(ERROR_ANSWER not in r.user_prompt for r in fake_openai.chat_requests)

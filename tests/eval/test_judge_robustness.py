@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ def one_match(files: dict[str, Any], tmp_path: Path, server: FakeOpenAI, **kw: A
     """Single mode, first question, one model: exactly one judgment."""
     kw.setdefault("model_list", ("model-a",))
     kw.setdefault("first_n", 1)
+    kw.setdefault("judge_model", "gpt-4")
     return JudgeConfig(
         mode="single",
         question_file=files["questions"],
@@ -87,6 +90,31 @@ def test_timeout_is_retried(fake_openai: FakeOpenAI, eval_files: dict[str, Any],
     summary = run_judge(one_match(eval_files, tmp_path, fake_openai, timeout_s=0.3), api_key=TEST_API_KEY)
     assert time.monotonic() - start < 1.4  # gave up on the slow reply instead of waiting it out
     assert summary.requests == 2 and read_rows(str(tmp_path / "out.jsonl"))[0]["score"] == 8
+
+
+@pytest.mark.parametrize("trickle_headers", [True, False], ids=["whole-reply", "body-only"])
+def test_a_trickling_server_cannot_stall_a_request(
+    fake_openai: FakeOpenAI,
+    eval_files: dict[str, Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    trickle_headers: bool,
+) -> None:
+    """--timeout is a deadline for the whole request: a reply trickled one byte per 50 ms (each read well
+    within the timeout; the whole reply would take ~20 s) is abandoned after 1 s and retried."""
+    caplog.set_level(logging.WARNING)
+    fake_openai.push(Fault(trickle_s=0.05, trickle_headers=trickle_headers))
+    start = time.monotonic()
+    summary = run_judge(one_match(eval_files, tmp_path, fake_openai, timeout_s=1.0), api_key=TEST_API_KEY)
+    elapsed = time.monotonic() - start
+    assert summary.requests == 2 and read_rows(str(tmp_path / "out.jsonl"))[0]["score"] == 8
+    assert 1.0 <= elapsed < 6.0, elapsed
+    assert "timed out (no complete reply within 1 s)" in caplog.text
+    deadline = time.monotonic() + 10
+    while not fake_openai.trickled and time.monotonic() < deadline:  # the server notices the hang-up
+        time.sleep(0.01)
+    (sent, total), = fake_openai.trickled
+    assert 0 < sent < total / 2  # the client hung up part way instead of waiting for the rest
 
 
 def test_exhausted_retries_skip_the_judgment_and_a_rerun_fills_it(
@@ -163,6 +191,7 @@ def test_missing_key_is_a_clear_error(
             sys.executable,
             "-m",
             "vicuna_jax.eval.judge",
+            "--judge_model=gpt-4",
             f"--question_file={eval_files['questions']}",
             f"--answer_files={eval_files['answers']['model-a']}",
             f"--output_file={tmp_path / 'cli.jsonl'}",
@@ -173,7 +202,8 @@ def test_missing_key_is_a_clear_error(
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 1 and "error: no API key" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no API key")
 
 
 def test_key_never_reaches_outputs_or_logs(
@@ -190,6 +220,7 @@ def test_key_never_reaches_outputs_or_logs(
             "-m",
             "vicuna_jax.eval.judge",
             "--mode=pairwise_all",
+            "--judge_model=gpt-4",
             "--first_n=1",
             "--parallel=2",
             f"--question_file={eval_files['questions']}",
@@ -217,36 +248,57 @@ def test_key_never_reaches_outputs_or_logs(
 def test_ctrl_c_loses_nothing_and_a_rerun_finishes(
     fake_openai: FakeOpenAI, eval_files: dict[str, Any], tmp_path: Path
 ) -> None:
-    def slow(body: dict[str, Any]) -> str:
-        time.sleep(0.25)
+    """Deterministic under any load: the server answers three requests, then holds every further one until
+    the judge has noticed the interrupt, so it always lands with exactly two requests in flight."""
+    gate, lock, held = threading.Event(), threading.Lock(), []
+
+    def gated(body: dict[str, Any]) -> str:
+        with lock:
+            n = len(held)
+            held.append(body)
+        if n >= 3:
+            assert gate.wait(timeout=60), "the test never released the held requests"
         return marker_judge(body)
 
-    fake_openai.reply = slow
+    fake_openai.reply = gated
     out = tmp_path / "judgments.jsonl"
     cmd = [
         sys.executable,
         "-m",
         "vicuna_jax.eval.judge",
         "--mode=single",
+        "--judge_model=gpt-4",
         "--parallel=2",
         f"--question_file={eval_files['questions']}",
         f"--answer_files={','.join(eval_files['answers'].values())}",
         f"--output_file={out}",
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 3):
-        time.sleep(0.02)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1
+    )
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline and proc.poll() is None, f"{what}; stderr: {''.join(stderr)}"
+            time.sleep(0.02)
+
+    rows = lambda: len(out.read_text().splitlines()) if out.exists() else 0  # noqa: E731
+    wait_for(lambda: rows() == 3 and len(held) == 5, "3 judgments saved and 2 requests held")
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr
+    wait_for(lambda: any("saving the 2 judgments in flight" in line for line in stderr), "interrupt noticed")
+    gate.set()  # the two requests in flight now complete; nothing new may start
+    assert proc.wait(timeout=60) == 130
+    reader.join(timeout=10)
+    assert "interrupted" in "".join(stderr)
     done = read_rows(str(out))  # every line is whole JSON
-    asked = len(fake_openai.chat_requests)
-    assert 3 <= len(done) < 12 and asked == len(done)  # every answered request was saved
+    assert len(done) == 5 == len(fake_openai.chat_requests)  # the 2 answered in flight were saved too
     fake_openai.reply = marker_judge
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    rows = read_rows(str(out))
-    assert len(fake_openai.chat_requests) == 12 == len(rows)  # nothing asked twice, nothing missing
-    assert len({(r["model"], r["question_id"], r["turn"]) for r in rows}) == 12
+    rows_after = read_rows(str(out))
+    assert len(fake_openai.chat_requests) == 12 == len(rows_after)  # nothing asked twice, nothing missing
+    assert len({(r["model"], r["question_id"], r["turn"]) for r in rows_after}) == 12

@@ -23,11 +23,12 @@ Q2 = Question(5, "math", ("What is 2+2?", "And times 3?"))
 
 def test_our_prompts_cover_every_shape() -> None:
     prompts = load_prompts(default_prompt_file("single"))
-    for kind, token in (("single", "[[6]]"), ("pairwise", "[[A]]")):
+    shapes = (("single", "[[6]]", 3), ("pairwise", "[[A]]", 3), ("pairwise", "[[B>>A]]", 5))
+    for kind, token, levels in shapes:
         for multi in (False, True):
             for ref in (False, True):
-                p = select_prompt(prompts, kind, multi_turn=multi, reference=ref)
-                assert (p.multi_turn, p.reference_guided) == (multi, ref)
+                p = select_prompt(prompts, kind, multi_turn=multi, reference=ref, verdict_levels=levels)
+                assert (p.multi_turn, p.reference_guided, p.verdict_levels) == (multi, ref, levels)
                 assert token in p.prompt_template or token in p.system_prompt
     rubric = " ".join(p.system_prompt + p.prompt_template for p in prompts)
     for word in ("helpfulness", "relevance", "accuracy", "level of detail", "1", "10"):
@@ -49,6 +50,10 @@ def test_our_prompts_are_our_own_words() -> None:
         "You are a helpful and precise assistant for checking the quality of the answer",
         "by strictly following this format",
         "We would like to request your feedback",
+        # Arena-Hard's judge prompt
+        "You must output only one of the following choices as your final verdict",
+        "Assistant A is significantly better",
+        "compare both assistants' answers with your answer",
     ):
         assert phrase not in ours
 

@@ -54,6 +54,10 @@ def test_both_question_formats(tmp_path: Path) -> None:
             "q.jsonl:1: key 'question_id' should be int/str",
         ),
         (
+            [{"question_id": 1, "category": "x", "turns": ["a"], "required_temperature": "hot"}],
+            "q.jsonl:1: key 'required_temperature' should be a number >= 0",
+        ),
+        (
             [
                 {"question_id": 1, "category": "x", "turns": ["a"]},
                 {"question_id": "1", "category": "x", "text": "b"},

@@ -139,7 +139,12 @@ def test_pairwise_baseline_report(tmp_path: Path) -> None:
         "50.0%",
     )
     assert "1 judgments without a readable verdict were left out." in report.notes
-    assert {Path(p).name for p in report.plots} == {"win_tie_loss.png", "by_category.png", "radar.png"}
+    assert {Path(p).name for p in report.plots} == {
+        "win_tie_loss.png",
+        "by_category.png",
+        "radar.png",
+        "win_rate_matrix.png",
+    }
 
 
 def test_pairwise_all_report(tmp_path: Path) -> None:
@@ -162,6 +167,22 @@ def test_pairwise_all_report(tmp_path: Path) -> None:
     )
     assert "Per-category figures need --question_file." in report.notes
     assert (tmp_path / "r" / "win_tie_loss.png").exists()
+
+
+def test_pairwise_all_of_two_models_reports_both(tmp_path: Path) -> None:
+    rows = [
+        pair(1, "a", "b", "model_1", "model_1"),
+        pair(2, "a", "b", "model_1", "model_1"),
+        pair(3, "a", "b", "model_2", "model_2"),
+        pair(4, "a", "b", "model_1", "model_2"),  # inconsistent: a tie
+    ]
+    report = write_report(write_jsonl(tmp_path / "two.jsonl", rows), output_dir=str(tmp_path / "r"))
+    t = table(report, "Win / loss / tie against all other models")
+    # a: 2 wins, 1 loss, 1 tie -> 62.5%; b mirrors it: 1 win, 2 losses, 1 tie -> 37.5%.
+    assert {m: (t[m]["win"], t[m]["loss"], t[m]["tie"], t[m]["adjusted win rate"]) for m in t} == {
+        "a": ("2", "1", "1", "62.5%"),
+        "b": ("1", "2", "1", "37.5%"),
+    }
 
 
 def test_vicuna_review_report(tmp_path: Path) -> None:
@@ -203,12 +224,15 @@ def test_vicuna_pairs_turn_around_for_a_named_baseline(tmp_path: Path) -> None:
         review(1, "llama", "gpt-3.5", 4, 8),
         review(2, "gpt-3.5", "llama", 9, 3),
         review(3, "x", "y", 5, 5),
+        review(4, "gpt-3.5", "llama", 7, 0),  # a 0 (an empty answer) is a score, not an unreadable review
     ]
     pairs, errors = vicuna_score_pairs(rows, "gpt-3.5")
-    assert (
-        pairs == [("llama", "gpt-3.5", "1", 1, 4.0, 8.0), ("llama", "gpt-3.5", "2", 1, 3.0, 9.0)]
-        and errors == 0
-    )
+    assert pairs == [
+        ("llama", "gpt-3.5", "1", 1, 4.0, 8.0),
+        ("llama", "gpt-3.5", "2", 1, 3.0, 9.0),
+        ("llama", "gpt-3.5", "4", 1, 0.0, 7.0),
+    ]
+    assert errors == 0
 
 
 def test_judges_and_kinds_are_not_mixed(tmp_path: Path) -> None:
@@ -257,7 +281,17 @@ def test_report_cli(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert bad.returncode == 1 and "no.jsonl: file not found" in bad.stderr
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'no.jsonl'}: file not found"]
+    typo = subprocess.run(
+        [sys.executable, "-m", "vicuna_jax.eval.report", f"--judgment_file={path}", "--baseline=B"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in typo.stderr
 
 
 def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) -> None:
@@ -270,6 +304,7 @@ def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) ->
             "-m",
             "vicuna_jax.eval.judge",
             "--mode=vicuna",
+            "--judge_model=gpt-4",
             "--baseline_model=model-b",
             f"--question_file={eval_files['questions']}",
             f"--answer_files={answers}",
@@ -299,3 +334,31 @@ def test_judge_then_report_cli(fake_openai, eval_files: dict, tmp_path: Path) ->
     # First-turn markers: model-a 8+6+3 = 17, model-c 2+9+7 = 18, model-b 5+6+7 = 18.
     assert "model-a scores 94% of model-b (total 17 vs 18 over 3 items)" in report.stdout
     assert "model-c scores 100% of model-b (total 18 vs 18 over 3 items)" in report.stdout
+
+
+def test_judges_are_the_model_and_the_endpoint_and_prompt_texts_are_not_mixed(tmp_path: Path) -> None:
+    def at(row: dict, host: str, digest: str = "a" * 64) -> dict:
+        return {**row, "judge_host": host, "judge_prompt_sha256": digest}
+
+    same_model = write_jsonl(
+        tmp_path / "hosts.jsonl",
+        [at(single(1, "A", 8), "api.openai.com"), at(single(2, "A", 3), "localhost:8000")],
+    )
+    with pytest.raises(EvalInputError, match="several judges") as err:
+        load_judgments(same_model)
+    assert "(gpt-4 @ api.openai.com, gpt-4 @ localhost:8000)" in str(err.value)
+    assert "--mix_judges" in str(err.value)
+    picked = load_judgments(same_model, "gpt-4 @ localhost:8000")
+    assert [r["score"] for r in picked.rows] == [3] and picked.judge == "gpt-4 @ localhost:8000"
+    mixed = load_judgments(same_model, mix_judges=True)
+    assert len(mixed.rows) == 2 and mixed.mixed
+    report = write_report(same_model, mix_judges=True, output_dir=str(tmp_path / "r"), make_plots=False)
+    assert any("mixed in these tables (--mix_judges)" in n for n in report.notes)
+
+    reworded = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [at(single(1, "A", 8), "h", "a" * 64), at(single(2, "A", 3), "h", "b" * 64)],
+    )
+    with pytest.raises(EvalInputError, match="judge prompt 'single' appears with 2 different texts"):
+        load_judgments(reworded)
+    assert load_judgments(reworded, mix_judges=True).prompts == {"single": "aaaaaaaaaaaa,bbbbbbbbbbbb"}

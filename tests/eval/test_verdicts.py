@@ -16,7 +16,8 @@ from vicuna_jax.eval.verdicts import parse_review_scores, parse_score, parse_ver
         ("I cannot decide.", -1.0),
         ("Rating: [[eight]]", -1.0),
         ("Rating: [[11]]", -1.0),  # off the 1-10 scale
-        ("Rating: [[0]]", -1.0),
+        ("The reply is empty.\nRating: [[0]]", 0.0),  # 0 is a verdict (an empty answer), not a failure
+        ("Rating: [[-2]]", -1.0),
         ("", -1.0),
     ],
 )
@@ -49,6 +50,28 @@ def test_parse_verdict(text: str, expected: str) -> None:
     assert parse_verdict(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("A is wrong, B is right.\nMy final verdict is [[B>>A]]", "B>>A"),
+        ("Slightly better: [[A>B]]", "A>B"),
+        ("[[ A = B ]]", "A=B"),
+        ("[[B<A]]", "A>B"),  # the same verdict written the other way round
+        ("[[A<<B]]", "B>>A"),
+        ("[[B>A]]", "B>A"),
+        ("[[A>>B]]", "A>>B"),
+        # Echoed instructions and lists are not verdicts; disagreement and nonsense are errors.
+        ("I output [[A>>B]] if assistant A is much better.", "error"),
+        ("Options: [[A>>B]], [[A>B]], [[A=B]], [[B>A]] or [[B>>A]].\nVerdict: [[B>A]]", "B>A"),
+        ("[[A>B]] ... on reflection [[B>A]]", "error"),
+        ("[[A>A]]", "error"),
+        ("[[A]]", "error"),  # a three-level token on a five-level prompt
+    ],
+)
+def test_parse_five_level_verdict(text: str, expected: str) -> None:
+    assert parse_verdict(text, "[[A>>B]]") == expected
+
+
 def test_parse_verdict_single_bracket_format() -> None:
     assert parse_verdict("Verdict: [B]", "[A]") == "B"
     assert parse_verdict("[A] if A is better, [B] if B is better", "[A]") == "error"
@@ -67,6 +90,15 @@ def test_parse_verdict_single_bracket_format() -> None:
             "Let me solve it first.\n2x = 4, so x = 2.\nFinal scores: (3, 9)",
             [3.0, 9.0],
         ),  # math tuple fallback
+        ("0 8\nAssistant 1 gave no answer at all.", [0.0, 8.0]),  # 0 is a score
+        ("Assistant 1 left it blank.\nScores: 0 and 7", [0.0, 7.0]),
+        ("Review.\nThe scores are 7 and 9 respectively.", [7.0, 9.0]),
+        ("Review.\nScore: 6/10 for Assistant 1 and 8 out of 10 for Assistant 2.", [6.0, 8.0]),
+        ("Review.\n**Assistant 1: 7, Assistant 2: 9**", [7.0, 9.0]),
+        # A coordinate pair in a math review is not a score pair.
+        ("Both found the line through (2, 3) and (4, 7).\nIts end point is (4, 7).", [-1.0, -1.0]),
+        ("Assistant 2 found the point (3, 5), which scores well.\nGood work overall.", [-1.0, -1.0]),
+        ("Scores for Assistant 1 and 2: 7, 9\nambiguous: three numbers", [-1.0, -1.0]),
         ("Both were fine.", [-1.0, -1.0]),
         ("8 9 10\nthree numbers", [-1.0, -1.0]),
         ("12 3\nout of range", [-1.0, -1.0]),
@@ -75,3 +107,31 @@ def test_parse_verdict_single_bracket_format() -> None:
 )
 def test_parse_review_scores(text: str, expected: list[float]) -> None:
     assert parse_review_scores(text) == expected
+
+
+def test_warnings_quote_what_the_judge_wrote(caplog: pytest.LogCaptureFixture) -> None:
+    """The warning for an unreadable review names the line it looked at, not a line that is not there."""
+    from vicuna_jax.eval.judging import Sampling, judge_match
+    from vicuna_jax.eval.matches import Match
+    from vicuna_jax.eval.prompts import default_prompt_file, load_prompts, select_prompt
+    from vicuna_jax.eval.questions import Question
+
+    class Judge:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def complete(self, system_prompt: str, user_prompt: str, **kwargs: object) -> str:
+            return self.text
+
+    q = Question(1, "math", ("Where do the lines meet?",))
+    review = load_prompts(default_prompt_file("vicuna"))[0]
+    match = Match("vicuna", q, ("m1", "m2"), (("a",), ("b",)), review)
+    caplog.set_level("WARNING")
+    row = judge_match(match, Judge("Both answers are good.\nThey meet at (2, 3)."), Sampling("j"))
+    assert row["score"] == [-1.0, -1.0]
+    assert "its first line is 'Both answers are good.'" in caplog.text
+    caplog.clear()
+    single = select_prompt(load_prompts(default_prompt_file("single")), "single")
+    match = Match("single", q, ("m1",), (("a",),), single)
+    row = judge_match(match, Judge("Fine.\nGrade: seven"), Sampling("j"))
+    assert row["score"] == -1.0 and "(its last line: 'Grade: seven')" in caplog.text

@@ -6,11 +6,14 @@
         --question_file=questions.jsonl --answer_file=answers/gpt-3.5-turbo.jsonl
 
 Local models answer in batches with the KV-cache generator, in the model's chat template; questions that
-share a sampling temperature (chosen per category, as FastChat does) share a batch. Multi-turn questions are
-answered turn by turn: turn 2's prompt holds turn 1's question and the model's own answer. Each question's
-row is appended and flushed once its batch finishes, so a rerun skips what is done; at the end the file is
-sorted by question_id with one row per question. A prompt with no room left in the context gets `$ERROR$`
-turns and an `error` field (rerun with --redo_errors to try again); it never stops the run.
+share a sampling temperature (a question's `required_temperature`, else chosen per category, as FastChat
+does) share a batch. Through an OpenAI-compatible server, answers start with the system message FastChat's
+API answerer sends (its "chatgpt" conversation template), unless --system says otherwise.
+Multi-turn questions are answered turn by turn: turn 2's prompt holds turn 1's question and the model's
+own answer. Each question's row is appended and flushed once its batch finishes, so a rerun skips what is
+done; at the end the file is sorted by question_id with one row per question. A prompt with no room left in
+the context gets `$ERROR$` turns and an `error` field (rerun with --redo_errors to try again); it never
+stops the run.
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from absl import logging
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.eval.answerers import (  # noqa: F401 - GeneratorLike is re-exported for callers
+    API_SYSTEM_MESSAGE,
+    AnswerRequestError,
+    GeneratorLike,
+    LocalAnswerer,
+    OpenAIAnswerer,
+    TurnAnswers,
+)
 from vicuna_jax.eval.jsonl import EvalInputError, JsonlAppender, iter_jsonl, write_jsonl
-from vicuna_jax.eval.questions import Question, load_questions
+from vicuna_jax.eval.questions import ERROR_ANSWER, Question, load_questions
 
 DEFAULT_TEMPERATURE = 0.7
 # FastChat's MT-bench table: deterministic answers where there is one right answer, a little variety for
@@ -36,7 +47,6 @@ DEFAULT_TEMPERATURE = 0.7
 CATEGORY_TEMPERATURES: Mapping[str, float] = {
     "coding": 0.0, "math": 0.0, "reasoning": 0.0, "extraction": 0.0, "stem": 0.1, "humanities": 0.1,
 }  # fmt: skip
-ERROR_ANSWER = "$ERROR$"  # FastChat's marker for an answer that could not be produced
 BUNDLED_QUESTIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "questions.jsonl")
 _UUID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"  # shortuuid's 57 symbols
 
@@ -86,11 +96,15 @@ class AnswerConfig:
         if not 0 < self.top_p <= 1 or self.top_k < 0:
             raise UserError(f"--top_p must be in (0, 1] and --top_k >= 0 (got {self.top_p}, {self.top_k})")
 
-    def temperature_for(self, category: str) -> float:
+    def temperature_for(self, question: Question) -> float:
+        """--temperature, else the question's required_temperature, else the category table (FastChat's
+        order; select_questions refuses --temperature with questions that require their own)."""
         if self.temperature is not None:
             return self.temperature
+        if question.required_temperature is not None:
+            return question.required_temperature
         table = {k.lower(): v for k, v in self.category_temperatures.items()}
-        return table.get(category.lower(), self.default_temperature)
+        return table.get(question.category.lower(), self.default_temperature)
 
 
 def parse_temperature_table(items: Sequence[str]) -> dict[str, float]:
@@ -127,149 +141,13 @@ def select_questions(config: AnswerConfig) -> list[Question]:
         if not questions:
             names = ", ".join(config.categories)
             raise UserError(f"no question in {config.question_file} has category {names}")
-    return questions[: config.first_n] if config.first_n is not None else questions
-
-
-@dataclasses.dataclass
-class TurnAnswers:
-    """One choice's answers to one question, turn by turn."""
-
-    turns: list[str] = dataclasses.field(default_factory=list)
-    error: str | None = None  # set with ERROR_ANSWER turns when a turn could not be answered
-    new_tokens: int = 0
-    length_stops: int = 0  # turns cut short by max_new_tokens or the context
-
-
-class GeneratorLike(Protocol):
-    """What LocalAnswerer needs of vicuna_jax.generate.Generator (tests wrap one to count calls)."""
-
-    cfg: Any
-    tokenizer: Any
-
-    def generate(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]: ...
-
-
-class LocalAnswerer:
-    """Batched multi-turn answers from a local model; reusable for serving whole conversations."""
-
-    def __init__(self, generator: GeneratorLike, *, template: str = "vicuna_v1.1", system: str | None = None,
-                 max_new_tokens: int = 1024, top_p: float = 1.0, top_k: int = 0,
-                 stop_strings: Sequence[str] = ()) -> None:
-        from vicuna_jax.data import get_template
-
-        try:
-            template_stops = tuple(get_template(template).stop_strings)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        self.generator = generator
-        self.template, self.system = template, system
-        self.max_new_tokens, self.top_p, self.top_k = max_new_tokens, top_p, top_k
-        self.stop_strings = template_stops + tuple(stop_strings)
-
-    def prompt_ids(self, questions: Sequence[str], answers: Sequence[str]) -> list[int]:
-        """The generation prompt for turn len(answers)+1: earlier questions with the model's own answers."""
-        from vicuna_jax.data import encode_prompt
-
-        turns: list[dict[str, str]] = []
-        for k, q in enumerate(questions[: len(answers) + 1]):
-            turns.append({"from": "human", "value": q})
-            if k < len(answers):
-                turns.append({"from": "gpt", "value": answers[k]})
-        return encode_prompt(turns, self.generator.tokenizer, template=self.template, system=self.system)
-
-    def answer_batch(self, conversations: Sequence[Sequence[str]], temperature: float,
-                     seed: int = 0) -> list[TurnAnswers]:
-        """Answers every conversation's user turns in order, one batched generate call per turn index."""
-        from vicuna_jax.generate import SamplingParams
-
-        ctx = self.generator.cfg.max_position_embeddings
-        results = [TurnAnswers() for _ in conversations]
-        for t in range(max((len(c) for c in conversations), default=0)):
-            rows, prompts = [], []
-            for i, conv in enumerate(conversations):
-                if t >= len(conv) or results[i].error:
-                    continue
-                ids = self.prompt_ids(conv, results[i].turns)
-                if len(ids) >= ctx:
-                    results[i].error = (f"turn {t + 1}: the prompt is {len(ids)} tokens, leaving no room in "
-                                        f"the model's context of {ctx} tokens")
-                    results[i].turns += [ERROR_ANSWER] * (len(conv) - t)
-                    continue
-                rows.append(i)
-                prompts.append(ids)
-            if not prompts:
-                continue
-            # The generator caps each row's budget at the room left in the context.
-            params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=temperature,
-                                    top_p=self.top_p, top_k=self.top_k, stop_strings=self.stop_strings,
-                                    seed=(seed + t) % (2**31 - 1))
-            for i, completion in zip(rows, self.generator.generate(prompts, params), strict=True):
-                # FastChat strips answers, and turn 2's prompt carries the stripped text.
-                results[i].turns.append(completion.text.strip())
-                results[i].new_tokens += len(completion.token_ids)
-                results[i].length_stops += completion.finish_reason == "length"
-        return results
-
-
-class AnswerRequestError(RuntimeError):
-    """A request failed after the client's retries; the question is left for the next run."""
-
-
-class OpenAIAnswerer:
-    """Multi-turn answers from an OpenAI-compatible chat endpoint (OpenAI, vLLM, a vicuna_jax server).
-
-    The `openai` client retries 408/409/429/5xx, timeouts and dropped connections itself, with exponential
-    backoff and the server's Retry-After. The key comes from OPENAI_API_KEY and is scrubbed from messages.
-    """
-
-    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 system: str | None = None, max_new_tokens: int = 1024, top_p: float = 1.0,
-                 max_retries: int = 5, timeout_s: float = 600.0) -> None:
-        import openai
-
-        from vicuna_jax.eval.client import FatalJudgeError, redactor, resolve_api_key
-
-        try:
-            key = resolve_api_key(api_key)
-        except FatalJudgeError as e:
-            raise UserError(str(e)) from None
-        self.model, self.system = model, system
-        self.max_new_tokens, self.top_p = max_new_tokens, top_p
-        self.redact = redactor(key)
-        self.client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=max_retries,
-                                    timeout=timeout_s)
-
-    def answer(self, turns: Sequence[str], temperature: float) -> TurnAnswers:
-        import openai
-
-        messages = [{"role": "system", "content": self.system}] if self.system else []
-        result = TurnAnswers()
-        for question in turns:
-            messages.append({"role": "user", "content": question})
-            extra = {"top_p": self.top_p} if self.top_p < 1 else {}
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature,
-                    max_tokens=self.max_new_tokens, n=1, **extra)
-            except openai.APIStatusError as e:
-                detail = self.redact(str(e.message))[:300]
-                if e.status_code in (401, 403, 404):
-                    raise UserError(f"{self.client.base_url} refused model '{self.model}' "
-                                    f"(HTTP {e.status_code}: {detail}); check OPENAI_API_KEY, "
-                                    "OPENAI_BASE_URL / --base_url and --openai_model") from None
-                raise AnswerRequestError(f"HTTP {e.status_code}: {detail}") from None
-            except openai.APIError as e:  # timeouts and connection errors, after retries
-                raise AnswerRequestError(self.redact(f"{type(e).__name__}: {e}")[:300]) from None
-            choice = response.choices[0] if response.choices else None
-            if choice is None or choice.message.content is None:
-                raise AnswerRequestError("reply has no message content")
-            text = choice.message.content.strip()
-            messages.append({"role": "assistant", "content": text})
-            result.turns.append(text)
-            result.length_stops += choice.finish_reason == "length"
-            if response.usage is not None:
-                result.new_tokens += response.usage.completion_tokens or 0
-        return result
+    questions = questions[: config.first_n] if config.first_n is not None else questions
+    fixed = [q.question_id for q in questions if q.required_temperature is not None]
+    if fixed and config.temperature is not None:
+        shown = ", ".join(map(str, fixed[:8])) + (" ..." if len(fixed) > 8 else "")
+        raise UserError(f"--temperature conflicts with the required_temperature of question_id {shown} in "
+                        f"{config.question_file}; drop --temperature (those questions say how to sample)")
+    return questions
 
 
 Answerer = LocalAnswerer | OpenAIAnswerer
@@ -378,7 +256,7 @@ def _run_batched(todo: list[Question], config: AnswerConfig, answerer: LocalAnsw
                  appender: JsonlAppender, summary: AnswerSummary) -> None:
     by_temperature: dict[float, list[Question]] = {}
     for q in todo:
-        by_temperature.setdefault(config.temperature_for(q.category), []).append(q)
+        by_temperature.setdefault(config.temperature_for(q), []).append(q)
     done = 0
     for temperature, group in by_temperature.items():
         group = sorted(group, key=lambda q: len(q.turns[0]))  # similar lengths pad less
@@ -402,7 +280,7 @@ def _run_batched(todo: list[Question], config: AnswerConfig, answerer: LocalAnsw
 def _run_parallel(todo: list[Question], config: AnswerConfig, answerer: OpenAIAnswerer,
                   appender: JsonlAppender, summary: AnswerSummary) -> None:
     def answer(q: Question) -> list[TurnAnswers]:
-        temperature = config.temperature_for(q.category)
+        temperature = config.temperature_for(q)
         return [answerer.answer(q.turns, temperature) for _ in range(config.num_choices)]
 
     logging.info("answering with %s at %s, %d requests at a time", answerer.model, answerer.client.base_url,
@@ -498,7 +376,8 @@ def _define_flags() -> None:
                         "(default: the bundled sample questions).")
     flags.DEFINE_string("answer_file", None, "Answers jsonl; rows already there are skipped.", required=True)
     flags.DEFINE_string("template", "vicuna_v1.1", "Chat template of the local model.")
-    flags.DEFINE_string("system", None, "System message (template default when unset).")
+    flags.DEFINE_string("system", None, "System message. Unset: the chat template's default (local models) "
+                        f"or FastChat's '{API_SYSTEM_MESSAGE}' (--openai_model); --system= sends none.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
     flags.DEFINE_string("dtype", "float32", "Compute dtype of the local model: float32 or bfloat16.")
     flags.DEFINE_integer("max_new_tokens", 1024, "Most tokens per answer turn (less where the context ends).")

@@ -2,7 +2,8 @@
 
 The client's built-in retries are turned off so that the policy is ours and visible: exponential backoff
 with jitter on 408/409/429/5xx, timeouts, dropped connections and malformed replies, honouring the server's
-Retry-After; no retry on other 4xx (they would fail again). A rejected key or unknown model stops the whole
+Retry-After. The timeout is a deadline for the whole request (see deadline.py), not only for each read.
+No retry on other 4xx (they would fail again). A rejected key or unknown model stops the whole
 run (FatalJudgeError); one judgment that keeps failing is skipped (JudgeRequestError) and retried next run.
 The key is read by `openai` from OPENAI_API_KEY, never taken as a flag, and scrubbed from every message.
 """
@@ -21,6 +22,8 @@ from typing import Any
 
 import openai
 from absl import logging
+
+from vicuna_jax.eval.deadline import RequestDeadline
 
 RETRY_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -141,11 +144,19 @@ class ChatJudge:
         seed: int | None = None,
     ) -> None:
         self.model = model
+        self.timeout_s = timeout_s
         self.retry = retry
         self.stop = stop or threading.Event()
         key = resolve_api_key(api_key)
         self.redact = redactor(key)
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+        self._deadline = RequestDeadline()
+        self._client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            timeout=timeout_s,  # per read; the deadline below bounds the whole request
+            max_retries=0,
+            http_client=self._deadline.http_client(),
+        )
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -166,30 +177,9 @@ class ChatJudge:
                 raise Cancelled("stopping")
             with self._count_lock:
                 self.requests_sent += 1
-            retry_after = None
-            try:
-                response = self._client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, n=1
-                )
-                content = response.choices[0].message.content
-                if content is None:
-                    raise ValueError("reply has no message content")
+            content, reason, retry_after = self._attempt(messages, temperature, max_tokens)
+            if content is not None:
                 return content
-            except openai.APITimeoutError:
-                reason = "timed out"
-            except openai.APIConnectionError as e:
-                reason = f"connection error ({self.redact(str(e.__cause__ or e))})"
-            except openai.APIStatusError as e:
-                status = e.status_code
-                detail = self.redact(_error_message(e))
-                if status in FATAL_STATUS:
-                    raise FatalJudgeError(_fatal_hint(status, self.model, self.base_url, detail)) from None
-                if status not in RETRY_STATUS and status < 500:
-                    raise JudgeRequestError(f"HTTP {status}: {detail}") from None
-                reason = f"HTTP {status}: {detail}"
-                retry_after = retry_after_seconds(e.response.headers)
-            except (ValueError, IndexError, AttributeError) as e:  # non-JSON body, no choices
-                reason = f"malformed reply ({type(e).__name__}: {self.redact(str(e))[:200]})"
             if attempt == self.retry.max_retries:
                 raise JudgeRequestError(f"gave up after {attempt + 1} attempts; last: {reason}")
             with self._rng_lock:
@@ -200,6 +190,36 @@ class ChatJudge:
             if self.stop.wait(delay):
                 raise Cancelled("stopping")
         raise AssertionError("unreachable")
+
+    def _attempt(
+        self, messages: list[dict[str, str]], temperature: float, max_tokens: int
+    ) -> tuple[str | None, str, float | None]:
+        """One request: (reply, "", None), or (None, why it failed, the server's Retry-After) to retry."""
+        with self._deadline.limit(self.timeout_s) as guard:
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=temperature, max_tokens=max_tokens, n=1
+                )
+                content = response.choices[0].message.content
+                if content is None:
+                    raise ValueError("reply has no message content")
+                return content, "", None
+            except openai.APIConnectionError as e:  # APITimeoutError included
+                if guard.expired:
+                    return None, f"timed out (no complete reply within {self.timeout_s:g} s)", None
+                if isinstance(e, openai.APITimeoutError):
+                    return None, f"timed out (nothing received for {self.timeout_s:g} s)", None
+                return None, f"connection error ({self.redact(str(e.__cause__ or e))})", None
+            except openai.APIStatusError as e:
+                status = e.status_code
+                detail = self.redact(_error_message(e))
+                if status in FATAL_STATUS:
+                    raise FatalJudgeError(_fatal_hint(status, self.model, self.base_url, detail)) from None
+                if status not in RETRY_STATUS and status < 500:
+                    raise JudgeRequestError(f"HTTP {status}: {detail}") from None
+                return None, f"HTTP {status}: {detail}", retry_after_seconds(e.response.headers)
+            except (ValueError, IndexError, AttributeError) as e:  # non-JSON body, no choices
+                return None, f"malformed reply ({type(e).__name__}: {self.redact(str(e))[:200]})", None
 
 
 def _error_message(e: openai.APIStatusError) -> str:

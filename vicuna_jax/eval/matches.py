@@ -16,12 +16,18 @@ from absl import logging
 
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.prompts import JudgePrompt, check_turn_supported, select_prompt
-from vicuna_jax.eval.questions import Question
+from vicuna_jax.eval.questions import ERROR_ANSWER, Question
+from vicuna_jax.eval.verdicts import ERROR_SCORE
 
 MODES = ("single", "pairwise_baseline", "pairwise_all", "vicuna")
 DEFAULT_REFERENCE_CATEGORIES = ("math", "coding", "reasoning")
 
 Answers = dict[str, dict[str, tuple[str, ...]]]  # model -> question key -> turns
+
+
+def mode_kind(mode: str) -> str:
+    """The kind of judgment rows a mode writes."""
+    return "vicuna" if mode == "vicuna" else "single" if mode == "single" else "pairwise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,11 @@ class Match:
     def key(self, judge_model: str) -> tuple[Any, ...]:
         return match_key(self.kind, self.question.key, self.models, self.turn, judge_model)
 
+    def failed_answers(self) -> list[str]:
+        """The models whose answer shown to the judge (turns up to this one) is FastChat's $ERROR$."""
+        shown = zip(self.models, self.answers, strict=True)
+        return [m for m, turns in shown if ERROR_ANSWER in turns[: self.turn]]
+
 
 def match_key(
     kind: str, question_key: str, models: Sequence[str], turn: int, judge_model: str
@@ -46,7 +57,7 @@ def match_key(
         return ("single", question_key, models[0], int(turn), judge_model)
     if kind == "pairwise":
         return ("pairwise", question_key, tuple(sorted(models)), int(turn), judge_model)
-    return ("vicuna", question_key, models[0], models[1])
+    return ("vicuna", question_key, models[0], models[1], judge_model)
 
 
 def row_kind(row: dict[str, Any]) -> str:
@@ -61,8 +72,35 @@ def row_kind(row: dict[str, Any]) -> str:
 
 
 def row_judge(row: dict[str, Any]) -> str:
+    """The judge model of a row ('' for FastChat's older review rows, which do not say)."""
     judge = row.get("judge", "")
     return str(judge[0]) if isinstance(judge, list) and judge else str(judge)
+
+
+def row_judge_identity(row: dict[str, Any]) -> str:
+    """Who judged: the model, and the endpoint when the row records it ("gpt-4 @ api.openai.com")."""
+    host = row.get("judge_host")
+    return f"{row_judge(row)} @ {host}" if host else row_judge(row)
+
+
+def row_prompt(row: dict[str, Any]) -> tuple[str, str]:
+    """(prompt name, prompt text hash); either is '' when the row does not record it."""
+    judge = row.get("judge")
+    name = str(judge[1]) if isinstance(judge, list) and len(judge) > 1 else ""
+    return name, str(row.get("judge_prompt_sha256", ""))
+
+
+def is_unparsed(row: dict[str, Any]) -> bool:
+    """True for a row whose judgment could not be read (score -1 or verdict 'error')."""
+    if "g1_winner" in row:
+        return "error" in (row["g1_winner"], row["g2_winner"])
+    score = row["score"]
+    return (score[0] if isinstance(score, list) else score) == ERROR_SCORE
+
+
+def row_verdict_levels(row: dict[str, Any]) -> int:
+    """5 for a pairwise row with Arena-Hard-style verdicts (it has g1_verdict), else 3."""
+    return 5 if "g1_verdict" in row else 3
 
 
 def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -117,6 +155,7 @@ def build_matches(
     baseline: str | None = None,
     references: dict[str, tuple[str, ...]] | None = None,
     reference_categories: Sequence[str] = DEFAULT_REFERENCE_CATEGORIES,
+    verdict_levels: int = 3,
 ) -> list[Match]:
     """All matches of a mode, question-major so an interrupted run has covered every model evenly."""
     if mode not in MODES:
@@ -148,7 +187,13 @@ def build_matches(
         for q in questions:
             for turn in range(1, len(q.turns) + 1):
                 ref = _reference_for(q, turn, references, reference_categories, missing_refs)
-                prompt = select_prompt(prompts, "pairwise", multi_turn=turn > 1, reference=ref is not None)
+                prompt = select_prompt(
+                    prompts,
+                    "pairwise",
+                    multi_turn=turn > 1,
+                    reference=ref is not None,
+                    verdict_levels=verdict_levels,
+                )
                 check_turn_supported(prompt, turn)
                 for m1, m2 in pairs:
                     pair_answers = (answers[m1][q.key], answers[m2][q.key])

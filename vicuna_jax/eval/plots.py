@@ -94,3 +94,26 @@ def bars(values: dict[str, float], path: str, *, title: str, ylabel: str, ymax: 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def win_rate_matrix(models: list[str], matrix: np.ndarray, path: str, *, title: str) -> str:
+    """A heatmap of the share of games the row model won against the column model (grey: never met)."""
+    n = len(models)
+    fig, ax = plt.subplots(figsize=(1.1 * n + 2.6, 0.9 * n + 1.8))
+    shown = np.ma.masked_invalid(matrix)
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="#e0e0e0")
+    image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            if not math.isnan(matrix[i, j]):
+                ax.text(j, i, f"{100 * matrix[i, j]:.0f}%", ha="center", va="center", fontsize="small")
+    ax.set_xticks(range(n), models, rotation=30, ha="right")
+    ax.set_yticks(range(n), models)
+    ax.set_xlabel("opponent")
+    ax.set_ylabel("model")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of games won (ties half)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

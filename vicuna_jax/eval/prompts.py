@@ -13,7 +13,9 @@ uses a second-turn placeholder or a whole `{conversation}`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
+import json
 import re
 from typing import Any
 
@@ -38,12 +40,24 @@ class JudgePrompt:
     source: str = ""  # "file:line", for error messages
 
     @property
+    def sha256(self) -> str:
+        """A fingerprint of the prompt's text (system prompt and template), recorded in every judgment row so
+        that judgments made with different wordings of one prompt name are never mixed unnoticed."""
+        text = json.dumps([self.system_prompt, self.prompt_template], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    @property
     def placeholders(self) -> frozenset[str]:
         return frozenset(m.group(1) for m in _PLACEHOLDER_RE.finditer(self.prompt_template) if m.group(1))
 
     @property
     def reference_guided(self) -> bool:
         return any(p.startswith("ref_answer") or p == "reference_conversation" for p in self.placeholders)
+
+    @property
+    def verdict_levels(self) -> int:
+        """5 for a pairwise prompt asking for Arena-Hard-style verdicts ([[A>>B]] ... [[B>>A]]), else 3."""
+        return 5 if self.type == "pairwise" and ">" in self.output_format else 3
 
     @property
     def multi_turn(self) -> bool:
@@ -147,8 +161,10 @@ def select_prompt(
     multi_turn: bool = False,
     reference: bool = False,
     category: str = "",
+    verdict_levels: int = 3,
 ) -> JudgePrompt:
-    """The first prompt of `kind` that fits; Vicuna review prompts are chosen by category (coding, math)."""
+    """The first prompt of `kind` that fits; Vicuna review prompts are chosen by category (coding, math).
+    Pairwise prompts must also give verdicts on the asked scale (3: A / B / tie, 5: Arena-Hard style)."""
     if kind == "vicuna":
         candidates = [p for p in prompts if p.type == "vicuna"]
         if not candidates:
@@ -158,10 +174,14 @@ def select_prompt(
                 if p.category == wanted:
                     return p
         return candidates[0]
+    levels = verdict_levels if kind == "pairwise" else 3
     for p in prompts:
-        if p.type == kind and p.multi_turn == multi_turn and p.reference_guided == reference:
+        if (p.type == kind and p.multi_turn == multi_turn and p.reference_guided == reference
+                and p.verdict_levels == levels):
             return p
     shape = f"{'multi-turn' if multi_turn else 'single-turn'}, {'with' if reference else 'without'} reference"
+    if kind == "pairwise":
+        shape += f", {levels}-level verdicts"
     raise EvalInputError(f"the judge prompt file has no '{kind}' prompt for {shape} judging")
 
 

@@ -1,8 +1,10 @@
 """Question and answer files in FastChat's formats, checked before a judging run spends anything.
 
 Questions: MT-bench style `{"question_id", "category", "turns": [...]}` or the older Vicuna style
-`{"question_id", "text", "category"}`. Answers (and reference answers): `{"question_id", "answer_id",
-"model_id", "choices": [{"index", "turns": [...]}], "tstamp"}`, or the older `{"question_id", "text", ...}`.
+`{"question_id", "text", "category"}`; an optional `required_temperature` (FastChat's newer files) fixes the
+sampling temperature of that question's answers. Answers (and reference answers): `{"question_id",
+"answer_id", "model_id", "choices": [{"index", "turns": [...]}], "tstamp"}`, or the older
+`{"question_id", "text", ...}`.
 Question ids may be ints or strings; they are matched as strings so "7" in one file finds 7 in another.
 """
 
@@ -14,12 +16,15 @@ from typing import Any
 
 from vicuna_jax.eval.jsonl import EvalInputError, iter_jsonl, require
 
+ERROR_ANSWER = "$ERROR$"  # FastChat's marker for an answer that could not be produced
+
 
 @dataclasses.dataclass(frozen=True)
 class Question:
     question_id: int | str  # as written in the question file; echoed into every output row
     category: str
     turns: tuple[str, ...]
+    required_temperature: float | None = None  # answers to this question must be sampled at it
 
     @property
     def key(self) -> str:
@@ -47,12 +52,16 @@ def load_questions(path: str) -> list[Question]:
             raise EvalInputError(
                 f"{path}:{lineno}: missing key 'turns' (or 'text' for the older Vicuna format)"
             )
+        required = obj.get("required_temperature")
+        if required is not None and (isinstance(required, bool) or not isinstance(required, int | float)
+                                     or required < 0):
+            raise EvalInputError(f"{path}:{lineno}: key 'required_temperature' should be a number >= 0")
         if str(qid) in seen:
             raise EvalInputError(
                 f"{path}:{lineno}: duplicate question_id {qid!r} (first on line {seen[str(qid)]})"
             )
         seen[str(qid)] = lineno
-        questions.append(Question(qid, category, turns))
+        questions.append(Question(qid, category, turns, None if required is None else float(required)))
     if not questions:
         raise EvalInputError(f"{path}: no questions")
     return questions

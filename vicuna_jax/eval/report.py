@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 
-from vicuna_jax.eval import plots, stats
+from vicuna_jax.cli import UserError
+from vicuna_jax.eval import plots, ratings, stats
 from vicuna_jax.eval.jsonl import EvalInputError
-from vicuna_jax.eval.questions import load_questions
+from vicuna_jax.eval.questions import load_answer_files, load_questions
 
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 Rows = list[dict[str, Any]]
@@ -85,21 +86,40 @@ def _category_table(title: str, values: dict[str, dict[str, float]], fmt: Callab
     return title, ["model", *cats], rows
 
 
+@dataclasses.dataclass(frozen=True)
+class RatingOptions:
+    rounds: int = ratings.BOOTSTRAP_ROUNDS  # bootstrap resamples of the questions
+    seed: int = 0
+
+
 def build_report(
     judgments: stats.Judgments,
     *,
     categories: dict[str, str] | None = None,
     baseline: str | None = None,
     plot_dir: str | None = None,
+    rating: RatingOptions = RatingOptions(),
 ) -> Report:
     """Computes every table (and, with plot_dir, writes the charts) for one judgment file."""
     report = Report(judgments.kind, judgments.judge)
+    if judgments.mixed:
+        report.notes.append(
+            f"Judgments of several judges or prompt texts are mixed in these tables (--mix_judges): "
+            f"{judgments.judge}."
+        )
+    if judgments.prompts:
+        shown = ", ".join(f"{name} ({digest})" for name, digest in sorted(judgments.prompts.items()))
+        report.notes.append(f"Judge prompts (sha256 prefix): {shown}.")
     if judgments.duplicates:
         report.notes.append(f"{judgments.duplicates} repeated judgments were counted once.")
     if categories is None:
         report.notes.append("Per-category figures need --question_file.")
-    build = {"single": _single, "pairwise": _pairwise, "vicuna": _vicuna}[judgments.kind]
-    build(report, judgments.rows, categories, baseline, plot_dir)
+    if judgments.kind == "pairwise":
+        baseline = _pairwise(report, judgments.rows, categories, baseline, plot_dir)
+        _ratings_section(report, judgments.rows, baseline, plot_dir, rating)
+    else:
+        build = _single if judgments.kind == "single" else _vicuna
+        build(report, judgments.rows, categories, baseline, plot_dir)
     return report
 
 
@@ -197,11 +217,14 @@ def _category_plots(
 
 def _pairwise(
     report: Report, rows: Rows, categories: dict[str, str] | None, baseline: str | None, plot_dir: str | None
-) -> None:
+) -> str | None:
+    """The win / loss tables; returns the baseline (given, or detected from a pairwise_baseline file)."""
     outcomes, errors = stats.pairwise_outcomes(rows)
-    second = {r["model_2"] for r in rows}
-    if baseline is None and len(second) == 1 and not second & {r["model_1"] for r in rows}:
-        baseline = second.pop()  # pairwise_baseline writes the baseline as model_2
+    first, second = {r["model_1"] for r in rows}, {r["model_2"] for r in rows}
+    if baseline is None and len(second) == 1 and len(first) > 1 and not second & first:
+        # pairwise_baseline writes the baseline as model_2. With one model against it, the file cannot be
+        # told from pairwise_all of two models: report both rows then (the baseline's mirrors the other).
+        baseline = second.pop()
     if baseline is not None:
         outcomes = stats.against_baseline(outcomes, baseline)
         if not outcomes:
@@ -255,6 +278,84 @@ def _pairwise(
         if by_cat:
             pct = {m: {c: 100 * v for c, v in per.items()} for m, per in by_cat.items()}
             _category_plots(report, pct, plot_dir, "adjusted win rate (%)", 100.0)
+    return baseline
+
+
+def _interval(lower: float, upper: float, fmt: Callable[[float], str]) -> str:
+    return "-" if math.isnan(lower) else f"[{fmt(lower)}, {fmt(upper)}]"
+
+
+def _ratings_section(
+    report: Report, rows: Rows, baseline: str | None, plot_dir: str | None, options: RatingOptions
+) -> None:
+    """Bradley-Terry ratings with bootstrap intervals, the length-controlled win rate, the win-rate matrix."""
+    games = ratings.games_from_rows(rows)
+    if not games:
+        return
+    played = {g.model_a for g in games} | {g.model_b for g in games}
+    anchor = baseline if baseline in played else None
+    table = ratings.bradley_terry(games, anchor, rounds=options.rounds, seed=options.seed)
+    rating = lambda x: f"{x:.0f}"  # noqa: E731
+    header = ["model", "rating", "95% CI"]
+    header += [f"win rate vs {anchor} (BT)", "95% CI"] if anchor else []
+    cells = []
+    for r in table.ratings:
+        interval = "anchor" if r.model == anchor else _interval(r.lower, r.upper, rating)
+        row = [r.model, rating(r.rating), interval]
+        if anchor:
+            row += [_pct(r.win_rate), "-" if r.model == anchor else _interval(r.win_lower, r.win_upper, _pct)]
+        cells.append([*row, f"{r.games:g}"])
+    scale = f"{anchor} = 1000" if anchor else "mean 1000"
+    strong = any("g1_verdict" in r for r in rows)
+    games_column = "weighted games" if strong else "games"
+    report.tables.append((f"Bradley-Terry ratings (Elo scale, {scale})", [*header, games_column], cells))
+    report.headline += [
+        f"{r.model}: rating {rating(r.rating)}"
+        + ("" if r.model == anchor else f" (95% CI {_interval(r.lower, r.upper, rating)})")
+        for r in table.ratings
+    ]
+    report.notes.append(
+        f"Ratings: Bradley-Terry over {len(games)} games (each judged order is a game, ties count half"
+        + (f", a strong verdict such as A>>B counts {ratings.STRONG_WEIGHT:g} games" if strong else "")
+        + f"); 95% intervals from {table.rounds} bootstrap resamples of the {table.questions} questions."
+    )
+    if anchor:
+        _length_controlled_section(report, games, anchor, options)
+    models, matrix = ratings.win_rate_matrix(games)
+    order = [models.index(r.model) for r in table.ratings]
+    if plot_dir and len(models) >= 2:
+        report.plots.append(
+            plots.win_rate_matrix(
+                [models[i] for i in order],
+                matrix[np.ix_(order, order)],
+                os.path.join(plot_dir, "win_rate_matrix.png"),
+                title="Share of games won, row model against column model",
+            )
+        )
+
+
+def _length_controlled_section(
+    report: Report, games: list[ratings.Game], anchor: str, options: RatingOptions
+) -> None:
+    lc = ratings.length_controlled(games, anchor, rounds=options.rounds, seed=options.seed)
+    if not lc:
+        report.notes.append(
+            "No length-controlled win rate: the judgments do not record reply lengths (judge them with this "
+            "version, or pass --answer_files)."
+        )
+        return
+    header = ["model", "win rate", "length-controlled", "95% CI", "mean length difference", "games"]
+    cells = [
+        [t.model, _pct(t.win_rate), _pct(t.lc_win_rate), _interval(t.lower, t.upper, _pct),
+         f"{t.mean_length_diff:+.0f} chars", str(t.games)]
+        for t in sorted(lc, key=lambda t: -t.lc_win_rate)
+    ]  # fmt: skip
+    report.tables.append((f"Length-controlled win rate against {anchor}", header, cells))
+    report.notes.append(
+        "Length control: per model, a logistic regression of its result against the baseline (ties half) "
+        "on tanh(length difference / its standard deviation) plus an intercept; the length-controlled win "
+        "rate is the prediction at equal length."
+    )
 
 
 def _vicuna(
@@ -293,11 +394,28 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("question_file", None, "Questions jsonl, for per-category figures.")
     flags.DEFINE_string("baseline_model", None, "Express totals and win rates relative to this model.")
-    flags.DEFINE_string("judge_model", None, "Only this judge's rows (needed when a file mixes judges).")
+    flags.DEFINE_string(
+        "judge_model", None, "Only this judge's rows: a model name, or 'model @ host' as the report shows it."
+    )
+    flags.DEFINE_bool(
+        "mix_judges",
+        False,
+        "Allow judgments of different judges (model or endpoint) or prompt texts in one table.",
+    )
     flags.DEFINE_string(
         "output_dir", None, "Where summary.md and the PNGs go (default: <judgment file>_report/)."
     )
     flags.DEFINE_bool("plots", True, "Write PNG charts.")
+    flags.DEFINE_integer(
+        "bootstrap", ratings.BOOTSTRAP_ROUNDS, "Bootstrap resamples of the questions for rating intervals."
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap resampling.")
+    flags.DEFINE_list(
+        "answer_files",
+        [],
+        "Answer files of the judged models: reply lengths for the length-controlled win rate when the "
+        "judgment rows do not record them.",
+    )
 
 
 def write_report(
@@ -306,43 +424,68 @@ def write_report(
     question_file: str | None = None,
     baseline: str | None = None,
     judge_model: str | None = None,
+    mix_judges: bool = False,
     output_dir: str | None = None,
     make_plots: bool = True,
+    answer_files: Sequence[str] = (),
+    bootstrap_rounds: int = ratings.BOOTSTRAP_ROUNDS,
+    seed: int = 0,
 ) -> Report:
     """Builds the report, writes summary.md (and the plots) to output_dir, and returns it."""
-    judgments = stats.load_judgments(judgment_file, judge_model)
+    if bootstrap_rounds < 0:
+        raise EvalInputError(f"--bootstrap must be >= 0, got {bootstrap_rounds}")
+    judgments = stats.load_judgments(judgment_file, judge_model, mix_judges=mix_judges)
     categories = {q.key: q.category for q in load_questions(question_file)} if question_file else None
+    if answer_files and judgments.kind == "pairwise":
+        _fill_answer_lengths(judgments.rows, load_answer_files(list(answer_files)))
     output_dir = output_dir or os.path.splitext(judgment_file)[0] + "_report"
     os.makedirs(output_dir, exist_ok=True)
     report = build_report(
-        judgments, categories=categories, baseline=baseline, plot_dir=output_dir if make_plots else None
+        judgments,
+        categories=categories,
+        baseline=baseline,
+        plot_dir=output_dir if make_plots else None,
+        rating=RatingOptions(bootstrap_rounds, seed),
     )
     with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(report.to_markdown(judgment_file, relative_to=output_dir))
     return report
 
 
+def _fill_answer_lengths(rows: Rows, answers: dict[str, dict[str, tuple[str, ...]]]) -> None:
+    """Reply lengths for rows that do not record them (FastChat's, or older ones), from the answer files."""
+    for r in rows:
+        if r.get("answer_lengths"):
+            continue
+        qid, turn = str(r["question_id"]), int(r.get("turn", 1))
+        replies = [answers.get(m, {}).get(qid, ()) for m in (r["model_1"], r["model_2"])]
+        if all(len(t) >= turn for t in replies):
+            r["answer_lengths"] = [len(t[turn - 1]) for t in replies]
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.judgment_file:
-        sys.exit("error: --judgment_file is required")
-    try:
-        report = write_report(
-            FLAGS.judgment_file,
-            question_file=FLAGS.question_file,
-            baseline=FLAGS.baseline_model,
-            judge_model=FLAGS.judge_model,
-            output_dir=FLAGS.output_dir,
-            make_plots=FLAGS.plots,
-        )
-    except EvalInputError as e:
-        sys.exit(f"error: {e}")
+        raise UserError("--judgment_file is required")
+    report = write_report(
+        FLAGS.judgment_file,
+        question_file=FLAGS.question_file,
+        baseline=FLAGS.baseline_model,
+        judge_model=FLAGS.judge_model,
+        mix_judges=FLAGS.mix_judges,
+        output_dir=FLAGS.output_dir,
+        make_plots=FLAGS.plots,
+        answer_files=FLAGS.answer_files,
+        bootstrap_rounds=FLAGS.bootstrap,
+        seed=FLAGS.seed,
+    )
     out = FLAGS.output_dir or os.path.splitext(FLAGS.judgment_file)[0] + "_report"
     print(report.to_markdown(FLAGS.judgment_file, relative_to=out))
     print(f"\nwrote {os.path.join(out, 'summary.md')}" + "".join(f"\nwrote {p}" for p in report.plots))
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    from vicuna_jax.cli import run
+
+    run(main, define_flags)

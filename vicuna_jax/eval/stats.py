@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from vicuna_jax.eval.jsonl import EvalInputError, iter_jsonl
-from vicuna_jax.eval.matches import row_judge, row_key, row_kind
+from vicuna_jax.eval.matches import is_unparsed, row_judge, row_judge_identity, row_key, row_kind, row_prompt
 from vicuna_jax.eval.verdicts import ERROR_SCORE
 
 ALL = "(all)"
@@ -27,12 +27,19 @@ ALL = "(all)"
 class Judgments:
     kind: str  # "single" | "pairwise" | "vicuna"
     rows: list[dict[str, Any]]
-    judge: str | None
+    judge: str | None  # "model @ host", or several joined by "; " when mixing was asked for
     duplicates: int = 0
+    mixed: bool = False  # rows of several judges (or prompt texts) are in one table, as asked
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)  # prompt name -> text hash
 
 
-def load_judgments(path: str, judge_model: str | None = None) -> Judgments:
-    """Reads a judgment file, detects its kind, keeps one judge's rows, drops repeated keys (first wins)."""
+def load_judgments(path: str, judge_model: str | None = None, *, mix_judges: bool = False) -> Judgments:
+    """Reads a judgment file, detects its kind, keeps one judge's rows, drops repeated keys.
+
+    A judge is the model and the endpoint it was reached at; rows of several judges, or of one prompt name
+    with different texts, are refused unless `mix_judges`. Of repeated keys a readable judgment wins over
+    an unreadable one (a --rejudge_errors run appends the redo), otherwise the first.
+    """
     kinds: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for lineno, row in iter_jsonl(path):
@@ -49,22 +56,51 @@ def load_judgments(path: str, judge_model: str | None = None) -> Judgments:
     if not rows:
         raise EvalInputError(f"{path}: no judgments")
     kind = next(iter(kinds))
-    judges = sorted({row_judge(r) for r in rows} - {""})
     if judge_model is not None:
-        rows = [r for r in rows if row_judge(r) == judge_model]
-        if not rows:
+        kept = [r for r in rows if judge_model in (row_judge(r), row_judge_identity(r))]
+        if not kept:
             raise EvalInputError(
-                f"{path}: no judgments by '{judge_model}' (judges here: {', '.join(judges)})"
+                f"{path}: no judgments by '{judge_model}' (judges here: {', '.join(_judges(rows))})"
             )
-    elif len(judges) > 1:
-        raise EvalInputError(
-            f"{path}: judgments by several judges ({', '.join(judges)}); pick one with --judge_model"
-        )
+        rows = kept
+    judges = _judges(rows)
+    prompts = _prompt_versions(rows)
+    clashes = {name: hashes for name, hashes in prompts.items() if len(hashes) > 1}
+    if not mix_judges:
+        if len(judges) > 1:
+            raise EvalInputError(
+                f"{path}: judgments by several judges ({', '.join(judges)}); pick one with --judge_model, "
+                "or pass --mix_judges to put them in one table anyway"
+            )
+        if clashes:
+            name, hashes = next(iter(clashes.items()))
+            raise EvalInputError(
+                f"{path}: judge prompt '{name}' appears with {len(hashes)} different texts (sha256 "
+                f"{', '.join(h[:12] for h in sorted(hashes))}); judge again with one prompt file, or pass "
+                "--mix_judges to put them in one table anyway"
+            )
     unique: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
-        unique.setdefault(row_key(r), r)
-    judge = judge_model or (judges[0] if judges else None)
-    return Judgments(kind, list(unique.values()), judge, len(rows) - len(unique))
+        key = row_key(r)
+        if key not in unique or (is_unparsed(unique[key]) and not is_unparsed(r)):
+            unique[key] = r
+    judge = "; ".join(judges) if judges else None
+    mixed = len(judges) > 1 or bool(clashes)
+    versions = {name: ",".join(sorted(h[:12] for h in hashes)) for name, hashes in prompts.items()}
+    return Judgments(kind, list(unique.values()), judge, len(rows) - len(unique), mixed, versions)
+
+
+def _judges(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({row_judge_identity(r) for r in rows} - {""})
+
+
+def _prompt_versions(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    versions: dict[str, set[str]] = {}
+    for r in rows:
+        name, digest = row_prompt(r)
+        if name and digest:
+            versions.setdefault(name, set()).add(digest)
+    return versions
 
 
 # ---------------------------------------------------------------------------------------------- single scores
