@@ -37,7 +37,12 @@ from vicuna_jax.data.formats import (
     read_records,
 )
 from vicuna_jax.data.guard import RecordTimeout, time_limit
-from vicuna_jax.data.repair import HtmlError, clean_text, html_to_markdown  # noqa: F401  (public here too)
+from vicuna_jax.data.repair import (  # noqa: F401  (clean_text, html_to_markdown: public here too)
+    HtmlError,
+    clean_text,
+    html_to_markdown,
+    load_html_converter,
+)
 from vicuna_jax.data.template import ASSISTANT, ROLE_ALIASES, SYSTEM, USER
 
 HUMAN, GPT = "human", "gpt"
@@ -163,7 +168,10 @@ class Cleaner:
         )
         self._blocked_words = tuple(w.lower() for w in self.config.blocked_words)
         self._blocked_replies = tuple(_norm(r) for r in self.config.blocked_replies)
-        self._langid = None
+        # Load what the timed part of a record needs now, so no record's time limit pays for an import.
+        self._langid = self._load_langid() if self.config.keep_languages else None
+        if self.config.convert_html:
+            load_html_converter()
 
     def clean_one(self, raw: RawRecord) -> dict:
         """The cleaned record, or raise Rejected. Counts fixes on the report."""
@@ -276,13 +284,15 @@ class Cleaner:
                     "language", f"detected {lang!r}, keeping {','.join(self.config.keep_languages)}"
                 )
 
+    @staticmethod
+    def _load_langid():
+        try:
+            from langid.langid import LanguageIdentifier, model
+        except ImportError as e:
+            raise ImportError("the language filter needs `pip install langid`") from e
+        return LanguageIdentifier.from_modelstring(model, norm_probs=False)
+
     def _detect_language(self, text: str) -> str:
-        if self._langid is None:
-            try:
-                from langid.langid import LanguageIdentifier, model
-            except ImportError as e:
-                raise ImportError("the language filter needs `pip install langid`") from e
-            self._langid = LanguageIdentifier.from_modelstring(model, norm_probs=False)
         return self._langid.classify(text)[0]
 
     def __call__(self, raws: Iterable[RawRecord], rejects: Any = None) -> Iterator[dict]:

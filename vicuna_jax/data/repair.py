@@ -35,7 +35,8 @@ _CODE_KEY = re.compile(r"VJXCODEBLOCK(\d+)X")
 
 
 @functools.cache
-def _converter():
+def load_html_converter():
+    """The Markdown converter (imports BeautifulSoup and markdownify on first use)."""
     from markdownify import MarkdownConverter
 
     class ShareGPTConverter(MarkdownConverter):
@@ -87,7 +88,7 @@ def html_to_markdown(text: str) -> str:
         blocks.append(f"```{lang}\n{body.strip(chr(10))}\n```")
         pre.name, pre.attrs, pre.string = "p", {}, key  # in place: replace_with is linear per call
     try:
-        md = _converter().convert_soup(soup)
+        md = load_html_converter().convert_soup(soup)
     except RecursionError as e:  # a backstop: the depth check should have caught it
         raise HtmlError(f"HTML too deeply nested to convert ({e})") from None
     lines = md.split("\n")
