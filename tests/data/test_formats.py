@@ -13,6 +13,7 @@ from vicuna_jax.cli import UserError
 from vicuna_jax.data import formats
 from vicuna_jax.data.clean import clean_file
 from vicuna_jax.data.formats import DataFormatError, read_records, write_jsonl
+from vicuna_jax.data.repair import load_html_converter
 
 
 def conv(rid: str, q: str = "Question?", a: str = "Answer.") -> dict:
@@ -156,6 +157,7 @@ def test_cleaning_streams_input_and_rejects(tmp_path, layout):
             f.write(json.dumps(row) + (",\n" if layout == "array" and k < n - 1 else "\n"))
         f.write("]\n" if layout == "array" else "")
     assert os.path.getsize(path) > 12e6
+    load_html_converter()  # its imports are not the cleaning's memory
     tracemalloc.start()
     try:
         report = clean_file(str(path), str(tmp_path / "out.jsonl"), rejects_path=str(tmp_path / "rej.jsonl"))

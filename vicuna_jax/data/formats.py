@@ -164,7 +164,7 @@ def parse_record(path: str, line: int, index: int, data: bytes) -> RawRecord:
 _STRUCTURE = re.compile(rb'[][{}"]')
 _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)  # stops at the closing quote, or where bytes run out
 _SCALAR_END = re.compile(rb"[,\]\s]")
-_WHITESPACE = b" \t\r\n"
+_WHITESPACE_RUN = re.compile(rb"[ \t\r\n]*")
 _TRUNCATED = "the file ends inside the JSON array (no closing ']'); truncated?"
 
 
@@ -272,10 +272,8 @@ class _ArrayReader:
     def _skip_whitespace(self) -> bool:
         """Advance past whitespace; False at the end of the file."""
         while True:
-            n = len(self.buf)
-            while self.pos < n and self.buf[self.pos] in _WHITESPACE:
-                self.pos += 1
-            if self.pos < n:
+            self.pos = _WHITESPACE_RUN.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
                 return True
             self._drop(self.pos)
             if not self._read():
