@@ -189,14 +189,26 @@ def test_language_filter():
     assert [r["id"] for r in out] == ["en"] and report.rejected == {"language": 1}
 
 
-def test_malformed_json_array_names_line_and_writes_nothing(tmp_path):
+def test_malformed_record_in_a_json_array_is_one_reject(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text('[\n {"id": "a", "conversations": []},\n {"id": "b", oops}\n]\n')
+    bad.write_text('[\n {"id": "a", "conversations": [{"from": "human", "value": "Q"}, '
+                   '{"from": "gpt", "value": "A"}]},\n {"id": "b",\n  oops}\n]\n')
+    out, rej = tmp_path / "out.jsonl", tmp_path / "rej.jsonl"
+    report = clean_file(str(bad), str(out), rejects_path=str(rej))
+    assert report.kept == 1 and report.rejected == {"malformed_json": 1}
+    (reject,) = [json.loads(x) for x in open(rej)]
+    assert reject["where"] == f"{bad}:3" and reject["detail"].startswith("line 4: malformed JSON")
+    assert reject["text"] == '{"id": "b",\n  oops}'
+
+
+def test_truncated_json_array_names_line_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n {"id": "a", "conversations": []},\n {"id": "b", "conversations": [{"from": "hum')
     out = tmp_path / "out.jsonl"
-    with pytest.raises(DataFormatError, match=r"bad.json:3:\d+: malformed JSON"):
+    with pytest.raises(DataFormatError, match=r"bad.json:3: malformed JSON array: .*starts at line 3"):
         clean_file(str(bad), str(out))
-    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(DataFormatError, match="input file not found: .*missing.json"):
         list(read_records(tmp_path / "missing.json"))
 
 

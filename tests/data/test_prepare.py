@@ -6,9 +6,13 @@ import json
 import os
 
 import numpy as np
+import pytest
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.data import encode_conversation, prepare
+from vicuna_jax.data.clean import clean_file
 from vicuna_jax.data.prepare import prepare_dataset
+from vicuna_jax.data.split import main as split_main
 from vicuna_jax.data.store import PreparedDataset
 from vicuna_jax.data.tokenizer import bundled_tokenizer_path
 
@@ -22,6 +26,9 @@ def test_prepared_sample_contents(prepared_sample, small_tok):
     assert meta["options"]["tokenizer_fingerprint"] == small_tok.fingerprint
     assert meta["clean_report"]["rejected"]["unknown_role"] == 1
     assert meta["split_stats"]["split_records"] > 10  # max_length 256 splits the long sessions
+    # what a trainer reads to check the dataset's size: examples (pieces) and conversations per split
+    assert sum(meta["splits"][s]["conversations"] for s in ds.splits) == meta["clean_report"]["kept"]
+    assert all(meta["splits"][s]["examples"] >= meta["splits"][s]["conversations"] > 0 for s in ds.splits)
     for split in ds.splits:
         src, lengths = ds.source(split), ds.lengths(split)
         assert len(src) == len(lengths) == meta["splits"][split]["examples"]
@@ -103,3 +110,59 @@ def test_prepare_cli_without_validation(tmp_path, capsys):
     assert prepare.main(args) == 0
     assert PreparedDataset(str(out)).splits == ["train"]
     assert "prepare: train: 1 examples" in capsys.readouterr().err
+
+
+def conversation(rid: str) -> dict:
+    turns = [{"from": "human", "value": f"Hi {rid}"}, {"from": "gpt", "value": "Hello"}]
+    return {"id": rid, "conversations": turns}
+
+
+@pytest.mark.parametrize("content", ["", "[]", "\ufeff[\n]\n"], ids=["0-bytes", "array", "bom-array"])
+def test_prepare_without_records_says_so(tmp_path, content):
+    raw = tmp_path / "raw.json"
+    raw.write_text(content)
+    with pytest.raises(UserError, match=f"^{raw}: no usable conversation: the file holds no records$"):
+        prepare_dataset(str(raw), str(tmp_path / "ds"), tokenizer=bundled_tokenizer_path(), verbose=False)
+
+
+def test_prepare_with_every_record_rejected_lists_the_counts(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text('{oops\n{"id": "x"}\n{"id": "y", "conversations": [{"from": "robot", "value": "a"}]}\n')
+    out = tmp_path / "ds"
+    with pytest.raises(UserError) as e:
+        prepare_dataset(str(raw), str(out), tokenizer=bundled_tokenizer_path(), verbose=False)
+    assert str(e.value) == (f"{raw}: no usable conversation: all 3 records were rejected (bad_structure 1, "
+                            f"malformed_json 1, unknown_role 1); see {out / 'rejects.jsonl'}")
+    assert [json.loads(x)["reason"] for x in open(out / "rejects.jsonl")] == [
+        "malformed_json", "bad_structure", "unknown_role"]
+    assert not (out / "meta.json").exists()
+
+
+def test_prepare_with_everything_held_out_is_a_user_error(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("\n".join(json.dumps(conversation(f"r{k}")) for k in range(2)) + "\n")
+    with pytest.raises(UserError, match="all 2 usable conversations would go to the validation split"):
+        prepare_dataset(str(raw), str(tmp_path / "ds"), tokenizer=bundled_tokenizer_path(),
+                        validation_fraction=0.999, verbose=False)  # fmt: skip
+
+
+def test_every_written_file_follows_the_umask(tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text("\n".join(json.dumps(conversation(f"r{k}")) for k in range(20)) + "\n{oops\n")
+    tok = bundled_tokenizer_path()
+    old = os.umask(0o022)
+    try:
+        c = tmp_path / "c"
+        clean_file(str(raw), str(c / "clean.jsonl"), rejects_path=str(c / "rej.jsonl"))
+        assert split_main([f"--input={c / 'clean.jsonl'}", f"--output={c / 'split.jsonl'}",
+                           f"--tokenizer={tok}", "--max_length=64"]) == 0  # fmt: skip
+        prepare_dataset(str(raw), str(tmp_path / "ds"), tokenizer=tok, max_length=64, validation_fraction=0.2,
+                        verbose=False)  # fmt: skip
+    finally:
+        os.umask(old)
+    modes = {os.path.relpath(os.path.join(d, f), tmp_path): os.stat(os.path.join(d, f)).st_mode & 0o777
+             for d, _, files in os.walk(tmp_path) for f in files if f != "raw.jsonl"}  # fmt: skip
+    for name in ("c/clean.jsonl", "c/rej.jsonl", "c/split.jsonl", "ds/meta.json", "ds/cleaned.jsonl",
+                 "ds/rejects.jsonl", "ds/lengths_train.npy", "ds/lengths_validation.npy"):  # fmt: skip
+        assert modes.pop(name) == 0o644, name
+    assert modes and {m for m in modes.values()} == {0o644}, modes  # and the tfds files

@@ -2,26 +2,47 @@
 
     python -m vicuna_jax.data.clean --input=raw.json --output=clean.jsonl [--rejects=rejects.jsonl] [flags]
 
-Steps (in order): validate structure and roles; HTML -> Markdown with repaired code fences; strip ShareGPT
-page artefacts ("1 / 2" regenerate counters, "Copy code"); remove control characters; drop a leading
-assistant turn and a trailing user turn; require alternating roles; drop exchanges with an empty message;
-filter blocked words / replies, repeated digits and (optionally) languages; de-duplicate by id and by first
-exchange.
-A bad record is never fatal: it is counted, reported in the summary table and written to `--rejects`.
+Steps (in order): validate structure and roles (OpenAI list-of-parts content: text parts are joined, any
+other part type rejects the record); cap the size of every message and record; HTML -> Markdown with repaired
+code fences; strip ShareGPT page artefacts ("1 / 2" regenerate counters, "Copy code"); remove control
+characters; drop a leading assistant turn and a trailing user turn; require alternating roles; drop exchanges
+with an empty message; filter blocked words / replies, repeated digits and (optionally) languages;
+de-duplicate by id and by first exchange. Each record gets `max_record_seconds` (see `guard.py`).
+A bad record is never fatal: it is counted, reported in the summary table and streamed to `--rejects`. Input
+in which nothing survives is an error (exit 2) that lists the reject counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import re
 import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from vicuna_jax.data.formats import RawRecord, conversation_turns, read_records, write_jsonl
+from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.data.formats import (
+    RawRecord,
+    check_input_file,
+    check_output_dir,
+    conversation_turns,
+    open_jsonl,
+    os_error_message,
+    read_records,
+)
+from vicuna_jax.data.guard import RecordTimeout, time_limit
+from vicuna_jax.data.repair import (  # noqa: F401  (clean_text, html_to_markdown: public here too)
+    HtmlError,
+    clean_text,
+    html_to_markdown,
+    load_html_converter,
+)
 from vicuna_jax.data.template import ASSISTANT, ROLE_ALIASES, SYSTEM, USER
 
 HUMAN, GPT = "human", "gpt"
@@ -36,9 +57,9 @@ DEFAULT_BLOCKED_REPLIES = (
 
 # Reject reasons (a record is dropped) and fixes (a record is repaired and kept).
 REJECT_REASONS = (
-    "malformed_json", "bad_structure", "unknown_role", "misplaced_system", "not_alternating", "empty_message",
-    "too_short", "blocked_word", "blocked_reply", "repeated_digits", "language", "duplicate_id",
-    "duplicate_exchange",
+    "malformed_json", "not_utf8", "too_deep", "too_large", "too_slow", "bad_structure", "unsupported_content",
+    "unknown_role", "misplaced_system", "bad_html", "not_alternating", "empty_message", "too_short",
+    "blocked_word", "blocked_reply", "repeated_digits", "language", "duplicate_id", "duplicate_exchange",
 )  # fmt: skip
 
 
@@ -59,6 +80,10 @@ class CleanConfig:
     keep_languages: tuple[str, ...] = ()  # ISO 639-1 codes (langid); empty = keep all
     dedup: bool = True
     convert_html: bool = True
+    # Guards (0 = off). 200K characters is ~50K LLaMA tokens, far past any training length here.
+    max_message_chars: int = 200_000
+    max_record_chars: int = 1_000_000
+    max_record_seconds: float = 10.0
 
 
 @dataclass
@@ -88,87 +113,14 @@ class CleanReport:
             "fixes": dict(self.fixes),
         }
 
-
-# ------------------------------------------------------------------------------------------- text fixes
-# ShareGPT stored assistant replies as page HTML starting with a block tag. Only such messages are converted:
-# a Markdown reply that merely shows HTML in a code block, or a user asking about <div>, must stay as it is.
-_HTML_MESSAGE = re.compile(r"^\s*<(?:div|p|pre|ol|ul|h[1-6]|table|blockquote)\b[^>]*>", re.I)
-_COUNTER = re.compile(r"^\s*\d+ / \d+(?=<|\n|[A-Z]|$)")
-_COPY_CODE = re.compile(r"(```[\w+#.-]*)[ \t]*Copy code[ \t]*\n?")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FENCE_LINE = re.compile(r"^[ \t]*```", re.M)
-
-
-def html_to_markdown(text: str) -> str:
-    """ShareGPT HTML -> Markdown: code blocks become fenced blocks with their language; buttons go."""
-    from bs4 import BeautifulSoup
-    from markdownify import markdownify
-
-    soup = BeautifulSoup(text, "html.parser")
-    blocks: dict[str, str] = {}
-    for k, pre in enumerate(soup.find_all("pre")):
-        code = pre.find("code")
-        lang = ""
-        for cls in (code.get("class") or []) if code is not None else []:
-            if cls.startswith("language-"):
-                lang = cls[len("language-") :]
-        body = (code if code is not None else pre).get_text()
-        if code is None:
-            body = body.replace("Copy code", "")
-        key = f"VJXCODEBLOCK{k}X"
-        blocks[key] = f"```{lang}\n{body.strip(chr(10))}\n```"
-        para = soup.new_tag("p")
-        para.string = key
-        pre.replace_with(para)
-    for tag in soup.find_all(["button", "svg"]):
-        tag.decompose()
-    md = markdownify(
-        str(soup), heading_style="ATX", bullets="-", escape_asterisks=False, escape_underscores=False,
-        escape_misc=False, newline_style="spaces",
-    )  # fmt: skip
-    md = re.sub(r"[ \t]+\n", "\n", md)
-    for key, block in blocks.items():
-        md = md.replace(key, "\n\n" + block + "\n\n")
-    return md
-
-
-def repair_fences(text: str) -> str:
-    """Put every ``` fence on its own line and close a block left open at the end."""
-    text = re.sub(r"(?<=[^\n])```(?=[\w+#.-]*\n)", "\n```", text)
-    if len(_FENCE_LINE.findall(text)) % 2 == 1:
-        text = text.rstrip("\n") + "\n```"
-    return text
-
-
-def collapse_blank_lines(text: str) -> str:
-    """At most one blank line in a row, outside code blocks (code keeps its own spacing)."""
-    parts = re.split(r"(^[ \t]*```.*?^[ \t]*```[ \t]*$)", text, flags=re.M | re.S)
-    return "".join(p if k % 2 else re.sub(r"\n{3,}", "\n\n", p) for k, p in enumerate(parts))
-
-
-def clean_text(text: str, fixes: Counter, convert_html: bool = True) -> str:
-    """All message-level repairs (HTML conversion only if `convert_html`). Counts what changed in `fixes`."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    counter = _COUNTER.match(text)
-    if counter:
-        text = text[counter.end() :]
-        fixes["regenerate_counter_stripped"] += 1
-    if convert_html and _HTML_MESSAGE.match(text):
-        text = html_to_markdown(text)
-        fixes["html_converted"] += 1
-    if "Copy code" in text:
-        text = _COPY_CODE.sub(r"\1\n", text)
-        text = re.sub(r"^[ \t]*Copy code[ \t]*$\n?", "", text, flags=re.M)
-        fixes["copy_code_stripped"] += 1
-    if _CONTROL.search(text):
-        text = _CONTROL.sub("", text)
-        fixes["control_chars_removed"] += 1
-    if "```" in text:
-        fixed = repair_fences(text)
-        if fixed != text:
-            fixes["fences_repaired"] += 1
-        text = fixed
-    return collapse_blank_lines(text).strip()
+    def nothing_kept_error(self, input_path: str, rejects_path: str | None = None) -> UserError:
+        """The error for input in which no conversation survived, with the reject counts."""
+        if not self.total:
+            return UserError(f"{input_path}: no usable conversation: the file holds no records")
+        counts = ", ".join(f"{r} {n}" for r, n in sorted(self.rejected.items(), key=lambda x: (-x[1], x[0])))
+        see = f"; see {rejects_path}" if rejects_path else "; --rejects=FILE lists them"
+        return UserError(f"{input_path}: no usable conversation: all {self.total} records were rejected "
+                         f"({counts}){see}")  # fmt: skip
 
 
 def _printable(text: str) -> bool:
@@ -177,6 +129,27 @@ def _printable(text: str) -> bool:
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def _message_text(k: int, content: Any, fixes: Counter) -> str:
+    """A turn's text: a string, or OpenAI list-of-parts content whose text parts are joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise Rejected("bad_structure", f"turn {k}: text is {type(content).__name__}, not a string")
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind is None:
+            raise Rejected("bad_structure", f"turn {k}: content part {j} is not an object with a 'type'")
+        if kind != "text":
+            raise Rejected("unsupported_content", f"turn {k}: content part {j} has type {kind!r}; only "
+                           "'text' parts can be trained on")  # fmt: skip
+        if not isinstance(part.get("text"), str):
+            raise Rejected("bad_structure", f"turn {k}: text part {j} has no string 'text'")
+        texts.append(part["text"])
+    fixes["text_parts_joined"] += 1
+    return "\n".join(texts)
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -195,36 +168,79 @@ class Cleaner:
         )
         self._blocked_words = tuple(w.lower() for w in self.config.blocked_words)
         self._blocked_replies = tuple(_norm(r) for r in self.config.blocked_replies)
-        self._langid = None
+        # Load what the timed part of a record needs now, so no record's time limit pays for an import.
+        self._langid = self._load_langid() if self.config.keep_languages else None
+        if self.config.convert_html:
+            load_html_converter()
 
     def clean_one(self, raw: RawRecord) -> dict:
         """The cleaned record, or raise Rejected. Counts fixes on the report."""
         if raw.error:
-            raise Rejected("malformed_json", raw.error)
+            raise Rejected(raw.reason, raw.error)
         try:
             turns = conversation_turns(raw.value)
         except ValueError as e:
             raise Rejected("bad_structure", str(e)) from None
         rec_id = raw.value.get("id")
         rec_id = str(rec_id) if rec_id not in (None, "") else f"{raw.source.rsplit('/', 1)[-1]}:{raw.line}"
-        fixes = self.report.fixes
+        messages = self._read_turns(turns)
+        try:
+            with time_limit(self.config.max_record_seconds) as limit:
+                system, kept = self._clean_messages(messages, limit.check)
+        except RecordTimeout:
+            raise Rejected("too_slow", f"cleaning took over {self.config.max_record_seconds:g} s") from None
+        if self.config.dedup:
+            if rec_id in self._seen_ids:
+                raise Rejected("duplicate_id", f"id {rec_id!r} seen before")
+            key = hashlib.sha1((_norm(kept[0][0]) + "\x00" + _norm(kept[0][1])).encode()).digest()
+            if key in self._seen_exchanges:
+                raise Rejected("duplicate_exchange", "first exchange seen before")
+            self._seen_ids.add(rec_id)
+            self._seen_exchanges.add(key)
+        convo = [{"from": SYSTEM, "value": system}] if system else []
+        for q, a in kept:
+            convo += [{"from": HUMAN, "value": q}, {"from": GPT, "value": a}]
+        return {"id": rec_id, "conversations": convo}
+
+    def _read_turns(self, turns: list) -> list[tuple[str, str]]:
+        """(role, raw text) per turn, after the structure, role and size checks."""
+        c = self.config
         messages: list[tuple[str, str]] = []
+        total = 0
         for k, t in enumerate(turns):
             if not isinstance(t, dict):
                 raise Rejected("bad_structure", f"turn {k} is a {type(t).__name__}, not an object")
             role_key, text_key = ("from", "value") if "from" in t else ("role", "content")
-            raw_role, text = t.get(role_key), t.get(text_key)
+            raw_role = t.get(role_key)
             role = ROLE_ALIASES.get(raw_role.lower()) if isinstance(raw_role, str) else None
             if role is None:
                 raise Rejected("unknown_role", f"turn {k}: role {raw_role!r}")
-            if not isinstance(text, str):
-                raise Rejected("bad_structure", f"turn {k}: text is {type(text).__name__}, not a string")
+            text = _message_text(k, t.get(text_key), self.report.fixes)
             if role == SYSTEM and messages:
                 raise Rejected("misplaced_system", f"turn {k}: system message after the first turn")
-            html = self.config.convert_html and role == ASSISTANT
-            messages.append((role, clean_text(text, fixes, html)))
-        system = messages.pop(0)[1] if messages and messages[0][0] == SYSTEM else None
+            if c.max_message_chars and len(text) > c.max_message_chars:
+                raise Rejected("too_large", f"turn {k} has {len(text):,} characters (limit "
+                               f"{c.max_message_chars:,})")  # fmt: skip
+            total += len(text)
+            if c.max_record_chars and total > c.max_record_chars:
+                raise Rejected("too_large", f"over {c.max_record_chars:,} characters of text")
+            messages.append((role, text))
+        return messages
 
+    def _clean_messages(self, messages: list[tuple[str, str]], check) -> tuple[str | None, list]:
+        """(system message, [(question, answer)]) after every text repair and content filter."""
+        fixes = self.report.fixes
+        cleaned = []
+        for k, (role, text) in enumerate(messages):
+            check()
+            try:
+                html = self.config.convert_html and role == ASSISTANT
+                cleaned.append((role, clean_text(text, fixes, html)))
+            except HtmlError as e:
+                raise Rejected("bad_html", f"turn {k}: {e}") from None
+        check()
+        messages = cleaned
+        system = messages.pop(0)[1] if messages and messages[0][0] == SYSTEM else None
         while messages and messages[0][0] == ASSISTANT:
             messages.pop(0)
             fixes["leading_assistant_dropped"] += 1
@@ -243,19 +259,10 @@ class Cleaner:
                 raise Rejected("empty_message", "every exchange has an empty or non-printable message")
         if len(kept) < self.config.min_exchanges:
             raise Rejected("too_short", f"{len(kept)} exchange(s) < {self.config.min_exchanges}")
+        if not kept:
+            raise Rejected("too_short", "no exchange")  # min_exchanges=0 and nothing at all
         self._check_content(kept)
-        if self.config.dedup:
-            if rec_id in self._seen_ids:
-                raise Rejected("duplicate_id", f"id {rec_id!r} seen before")
-            key = hashlib.sha1((_norm(kept[0][0]) + "\x00" + _norm(kept[0][1])).encode()).digest()
-            if key in self._seen_exchanges:
-                raise Rejected("duplicate_exchange", "first exchange seen before")
-            self._seen_ids.add(rec_id)
-            self._seen_exchanges.add(key)
-        convo = [{"from": SYSTEM, "value": system}] if system else []
-        for q, a in kept:
-            convo += [{"from": HUMAN, "value": q}, {"from": GPT, "value": a}]
-        return {"id": rec_id, "conversations": convo}
+        return system, kept
 
     def _check_content(self, exchanges: list[tuple[str, str]]) -> None:
         for q, a in exchanges:
@@ -277,17 +284,20 @@ class Cleaner:
                     "language", f"detected {lang!r}, keeping {','.join(self.config.keep_languages)}"
                 )
 
+    @staticmethod
+    def _load_langid():
+        try:
+            from langid.langid import LanguageIdentifier, model
+        except ImportError as e:
+            raise ImportError("the language filter needs `pip install langid`") from e
+        return LanguageIdentifier.from_modelstring(model, norm_probs=False)
+
     def _detect_language(self, text: str) -> str:
-        if self._langid is None:
-            try:
-                from langid.langid import LanguageIdentifier, model
-            except ImportError as e:
-                raise ImportError("the language filter needs `pip install langid`") from e
-            self._langid = LanguageIdentifier.from_modelstring(model, norm_probs=False)
         return self._langid.classify(text)[0]
 
-    def __call__(self, raws: Iterable[RawRecord], rejects: list | None = None) -> Iterator[dict]:
-        """Clean a stream; rejects (reason, detail, source line) are appended to `rejects` if given."""
+    def __call__(self, raws: Iterable[RawRecord], rejects: Any = None) -> Iterator[dict]:
+        """Clean a stream. Each reject (reason, detail, where, id, the record or its raw text) is passed to
+        `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file."""
         for raw in raws:
             self.report.total += 1
             try:
@@ -295,30 +305,51 @@ class Cleaner:
             except Rejected as r:
                 self.report.rejected[r.reason] += 1
                 if rejects is not None:
-                    rid = raw.value.get("id") if isinstance(raw.value, dict) else None
-                    rejects.append(
-                        {
-                            "reason": r.reason,
-                            "detail": r.detail,
-                            "where": raw.where,
-                            "id": rid,
-                            "record": raw.value,
-                        }
-                    )
+                    _append_reject(rejects, raw, r)
                 continue
             self.report.kept += 1
             yield rec
 
 
+def _append_reject(rejects: Any, raw: RawRecord, r: Rejected) -> None:
+    rid = raw.value.get("id") if isinstance(raw.value, dict) else None
+    entry = {"reason": r.reason, "detail": r.detail, "where": raw.where, "id": rid, "record": raw.value}
+    if raw.text is not None:
+        entry["text"] = raw.text
+    try:
+        rejects.append(entry)
+    except (ValueError, TypeError, RecursionError) as e:  # a value JSON cannot write back (e.g. too deep)
+        entry.update(id=None, record=None, unwritable=f"{type(e).__name__}: {e}")
+        rejects.append(entry)
+
+
+class _NothingKept(Exception):
+    pass
+
+
 def clean_file(
     input_path: str, output_path: str, config: CleanConfig | None = None, rejects_path: str | None = None
 ) -> CleanReport:
-    """Clean one file into JSONL (written atomically); returns the report."""
+    """Clean one file into JSONL, streaming (memory holds one record); returns the report.
+
+    Output and rejects are written atomically. Raises UserError (DataFormatError) when the input cannot be
+    read or no record survives (the output is then not written; the rejects are)."""
+    check_input_file(input_path)
+    for path in (output_path, rejects_path):
+        if path:
+            check_output_dir(os.path.dirname(os.path.abspath(path)))
     cleaner = Cleaner(config)
-    rejects: list = []
-    write_jsonl(output_path, cleaner(read_records(input_path), rejects))
-    if rejects_path:
-        write_jsonl(rejects_path, rejects)
+    with open_jsonl(rejects_path) if rejects_path else contextlib.nullcontext() as rejects:
+        try:
+            with open_jsonl(output_path) as out:
+                for rec in cleaner(read_records(input_path), rejects):
+                    out.append(rec)
+                if not out.count:
+                    raise _NothingKept
+        except _NothingKept:
+            pass
+    if not cleaner.report.kept:
+        raise cleaner.report.nothing_kept_error(input_path, rejects_path)
     return cleaner.report
 
 
@@ -337,6 +368,9 @@ def add_clean_flags(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--no_dedup", action="store_true")
     ap.add_argument("--no_html", action="store_true", help="do not convert HTML to Markdown")
+    ap.add_argument("--max_message_chars", type=int, default=d.max_message_chars, help="0 disables")
+    ap.add_argument("--max_record_chars", type=int, default=d.max_record_chars, help="0 disables")
+    ap.add_argument("--max_record_seconds", type=float, default=d.max_record_seconds, help="0 disables")
 
 
 def config_from_flags(args: argparse.Namespace) -> CleanConfig:
@@ -351,6 +385,9 @@ def config_from_flags(args: argparse.Namespace) -> CleanConfig:
         keep_languages=split(args.keep_languages, ","),
         dedup=not args.no_dedup,
         convert_html=not args.no_html,
+        max_message_chars=args.max_message_chars,
+        max_record_chars=args.max_record_chars,
+        max_record_seconds=args.max_record_seconds,
     )
 
 
@@ -361,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rejects", default=None, help="write rejected records with their reason here (JSONL)")
     add_clean_flags(ap)
     args = ap.parse_args(argv)
-    report = clean_file(args.input, args.output, config_from_flags(args), args.rejects)
+    try:
+        report = clean_file(args.input, args.output, config_from_flags(args), args.rejects)
+    except OSError as e:
+        raise UserError(os_error_message(e)) from None
     print(report.table())
     print(f"wrote {report.kept} records to {args.output}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_argparse(main)

@@ -6,6 +6,9 @@
 The held-out split is chosen per original conversation (by a seeded hash of its id) before long conversations
 are split, so pieces of one conversation never end up on both sides. `DIR/meta.json` records a key over the
 input bytes, the tokenizer fingerprint and every option; a later call with the same key reuses the dataset.
+`meta["splits"][split]["examples"]` is the number of training examples (pieces) in each split written, and
+`["conversations"]` the number of cleaned conversations they came from. Input with no usable conversation, or
+whose every conversation would be held out, is a UserError naming the file and the reject counts.
 """
 
 from __future__ import annotations
@@ -20,14 +23,21 @@ import sys
 import time
 from collections import Counter
 
+from vicuna_jax.cli import UserError, run_argparse
 from vicuna_jax.data.clean import CleanConfig, Cleaner, add_clean_flags, config_from_flags
-from vicuna_jax.data.formats import read_records, write_jsonl
-from vicuna_jax.data.split import add_encoding_flags, split_and_encode
+from vicuna_jax.data.formats import (
+    check_input_file,
+    check_output_dir,
+    open_jsonl,
+    os_error_message,
+    read_records,
+)
+from vicuna_jax.data.split import add_encoding_flags, load_encoding_inputs, split_and_encode
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
-from vicuna_jax.data.template import get_template
-from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
+from vicuna_jax.data.tokenizer import Tokenizer
+from vicuna_jax.fileio import atomic_write_json
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed
 TRAIN, VALIDATION = "train", "validation"
 
 
@@ -64,11 +74,14 @@ def prepare_dataset(
     force: bool = False,
     verbose: bool = True,
 ) -> str:
-    """Prepare (or reuse) a dataset; returns `output_dir`, ready for `loader.make_train_iterator`."""
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    get_template(template)  # fail early on an unknown name
+    """Prepare (or reuse) a dataset; returns `output_dir`, ready for `loader.make_train_iterator`.
+
+    Raises UserError for an unreadable input, tokenizer or template, an unwritable `output_dir`, or input in
+    which no conversation survives cleaning."""
+    check_input_file(input_path)
+    tok = load_encoding_inputs(tokenizer, template)
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise UserError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     clean_config = clean_config or CleanConfig()
     options = {
         "pipeline_version": PIPELINE_VERSION,
@@ -89,17 +102,20 @@ def prepare_dataset(
                 if verbose:
                     print(f"prepare: reusing {output_dir} (inputs unchanged, key {key})", file=sys.stderr)
                 return output_dir
+    check_output_dir(output_dir)
     _remove_previous(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
     t0 = time.time()
 
     cleaner = Cleaner(clean_config)
-    rejects: list = []
     cleaned_path = os.path.join(output_dir, "cleaned.jsonl")
-    write_jsonl(cleaned_path, cleaner(read_records(input_path), rejects))
-    write_jsonl(os.path.join(output_dir, "rejects.jsonl"), rejects)
-    with open(cleaned_path, encoding="utf-8") as f:
-        ids = [json.loads(line)["id"] for line in f]
+    rejects_path = os.path.join(output_dir, "rejects.jsonl")
+    ids: list[str] = []
+    with open_jsonl(rejects_path) as rejects, open_jsonl(cleaned_path) as cleaned:
+        for rec in cleaner(read_records(input_path), rejects):
+            cleaned.append(rec)
+            ids.append(rec["id"])
+    if not ids:
+        raise cleaner.report.nothing_kept_error(input_path, rejects_path)
     held_out = {i for i in ids if _unit_hash(seed, i) < validation_fraction}
     if validation_fraction > 0 and not held_out and len(ids) > 1:
         held_out = {min(ids, key=lambda i: _unit_hash(seed, i))}
@@ -114,10 +130,11 @@ def prepare_dataset(
                     rec = json.loads(line)
                     if (rec["id"] in held_out) != (split == VALIDATION):
                         continue
+                    c = split_counts[split]
+                    c["conversations"] += 1
                     for piece, ids_, mask in split_and_encode(
                         rec, tok, max_length, template, long_exchange, split_stats if split == TRAIN else None
                     ):
-                        c = split_counts[split]
                         c["examples"] += 1
                         c["tokens"] += len(ids_)
                         c["target_tokens"] += int(mask.sum())
@@ -127,7 +144,8 @@ def prepare_dataset(
 
     wanted = [TRAIN] + ([VALIDATION] if held_out else [])
     if len(held_out) == len(ids):
-        raise ValueError("every record went to the validation split; lower validation_fraction")
+        raise UserError(f"{input_path}: all {len(ids)} usable conversations would go to the validation "
+                        f"split; lower validation_fraction (now {validation_fraction})")
     meta = {
         "key": key,
         "options": options,
@@ -140,10 +158,7 @@ def prepare_dataset(
     meta["clean_report"] = cleaner.report.as_dict()
     meta["split_stats"] = dict(split_stats)
     meta["seconds"] = round(time.time() - t0, 2)
-    tmp = meta_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, meta_path)  # written last: a dataset without meta.json is incomplete
+    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
     if verbose:
         print(cleaner.report.table(), file=sys.stderr)
         for s in wanted:
@@ -180,14 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if the cached dataset matches")
     add_clean_flags(ap)
     args = ap.parse_args(argv)
-    prepare_dataset(
-        args.input, args.output_dir, tokenizer=args.tokenizer, max_length=args.max_length,
-        template=args.template,
-        validation_fraction=args.validation_fraction, seed=args.seed, clean_config=config_from_flags(args),
-        long_exchange=args.long_exchange, force=args.force,
-    )  # fmt: skip
+    try:
+        prepare_dataset(
+            args.input, args.output_dir, tokenizer=args.tokenizer, max_length=args.max_length,
+            template=args.template, validation_fraction=args.validation_fraction, seed=args.seed,
+            clean_config=config_from_flags(args), long_exchange=args.long_exchange, force=args.force,
+        )  # fmt: skip
+    except OSError as e:
+        raise UserError(os_error_message(e)) from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_argparse(main)

@@ -11,14 +11,23 @@ tokens are truncated at encode time) or is dropped, by flag; either way it is co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from vicuna_jax.cli import UserError, run_argparse
 from vicuna_jax.data.encode import encode_conversation
-from vicuna_jax.data.formats import DataFormatError, read_records, write_jsonl
+from vicuna_jax.data.formats import (
+    RawRecord,
+    check_input_file,
+    check_output_dir,
+    open_jsonl,
+    os_error_message,
+    read_records,
+)
 from vicuna_jax.data.template import ASSISTANT, SYSTEM, USER, Template, get_template, normalize_turns
 from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
 
@@ -117,10 +126,51 @@ def split_records(
             yield piece
 
 
-def _valid(raw) -> dict:
+def load_encoding_inputs(tokenizer: str | Tokenizer, template: str | Template) -> Tokenizer:
+    """The tokenizer (loaded if a path), after checking both it and the template name; UserError if not."""
+    try:
+        get_template(template)
+    except ValueError as e:
+        raise UserError(f"--template: {e}") from None
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    try:
+        return load_tokenizer(tokenizer)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--tokenizer: {e}") from None
+
+
+def split_file(
+    input_path: str, output_path: str, tokenizer: Tokenizer, max_length: int,
+    template: str | Template = "vicuna_v1.1", long_exchange: str = "truncate",
+) -> tuple[int, Counter]:
+    """Split a cleaned JSONL file (streamed) into `output_path`; returns (pieces written, stats).
+
+    The input must be the cleaner's output: an unreadable record or one the template cannot encode is a
+    UserError naming its file and line (run `vicuna_jax.data.clean` on raw data first)."""
+    check_input_file(input_path)
+    check_output_dir(os.path.dirname(os.path.abspath(output_path)))
+    stats: Counter = Counter()
+    hint = "split reads the output of `python -m vicuna_jax.data.clean`"
+    with open_jsonl(output_path) as out:
+        for raw in read_records(input_path):
+            for piece in _split_raw(raw, tokenizer, max_length, template, long_exchange, stats, hint):
+                out.append(piece)
+        if not stats["records"]:
+            raise UserError(f"{input_path}: no records to split")
+    return out.count, stats
+
+
+def _split_raw(raw: RawRecord, tokenizer, max_length, template, long_exchange, stats, hint) -> list[dict]:
     if raw.error:
-        raise DataFormatError(f"{raw.where}: {raw.error}")
-    return raw.value
+        raise UserError(f"{raw.where}: {raw.error} ({hint})")
+    stats["records"] += 1
+    try:
+        pieces = split_and_encode(raw.value, tokenizer, max_length, template, long_exchange, stats)
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"no {e} key" if isinstance(e, KeyError) else str(e)
+        raise UserError(f"{raw.where}: cannot split this record: {what} ({hint})") from None
+    return [piece for piece, _, _ in pieces]
 
 
 def add_encoding_flags(ap: argparse.ArgumentParser) -> None:
@@ -139,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True)
     add_encoding_flags(ap)
     args = ap.parse_args(argv)
-    tok = load_tokenizer(args.tokenizer)
-    stats: Counter = Counter()
-    records = (_valid(r) for r in read_records(args.input))
-    n = write_jsonl(
-        args.output, split_records(records, tok, args.max_length, args.template, args.long_exchange, stats)
-    )
+    tok = load_encoding_inputs(args.tokenizer, args.template)
+    try:
+        n, stats = split_file(
+            args.input, args.output, tok, args.max_length, args.template, args.long_exchange
+        )
+    except OSError as e:
+        raise UserError(os_error_message(e)) from None
     for key, value in sorted(stats.items()):
         print(f"{key:24s} {value:8d}")
     print(f"wrote {n} records to {args.output}", file=sys.stderr)
@@ -152,4 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_argparse(main)

@@ -17,6 +17,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from vicuna_jax.fileio import atomic_open
+
 BUILDER_NAME = "vicuna_chat"
 META_FILE = "meta.json"
 
@@ -94,7 +96,8 @@ def write_dataset(
     out = {}
     for split in splits:
         lengths = np.asarray(builder.lengths.get(split, []), np.int32)
-        np.save(os.path.join(dataset_dir, f"lengths_{split}.npy"), lengths)
+        with atomic_open(os.path.join(dataset_dir, f"lengths_{split}.npy"), "wb") as f:
+            np.save(f, lengths)
         out[split] = lengths
         _check_order(builder, split, builder.ids.get(split, []))
     return out

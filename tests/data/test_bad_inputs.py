@@ -1,0 +1,171 @@
+"""A fault corpus and a byte-mutation fuzz: bad input is rejected with exact counts, good input is all kept.
+
+The corpus runs through `clean_file` in a child process with a time limit, so a hang (the old fence regex
+took hours on the fence bomb) fails the test instead of stalling the suite; in the child, as in a real run,
+the cleaner's per-record timer is active.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from vicuna_jax.data.clean import CleanConfig, Cleaner
+from vicuna_jax.data.formats import DataFormatError, read_records
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BOM = b"\xef\xbb\xbf"
+
+
+def good(k: int) -> dict:
+    return {"id": f"good{k}", "conversations": [{"from": "human", "value": f"Question number {k}?"},
+                                                {"from": "gpt", "value": f"Answer number {k}."}]}  # fmt: skip
+
+
+def reply(rid: str, text) -> dict:
+    return {"id": rid, "conversations": [{"from": "human", "value": f"Question for {rid}"},
+                                         {"from": "gpt", "value": text}]}  # fmt: skip
+
+
+def line(record) -> bytes:
+    return json.dumps(record).encode()
+
+
+DEEP_JSON = b'{"id": "deep", "conversations": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+TEXT_PARTS = {"id": "parts", "messages": [
+    {"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "text", "text": "this."}]},
+    {"role": "assistant", "content": "A cat."}]}  # fmt: skip
+IMAGE_PART = {"id": "image", "messages": [
+    {"role": "user", "content": [{"type": "text", "text": "Describe"},
+                                 {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}]},
+    {"role": "assistant", "content": "A cat."}]}  # fmt: skip
+BAD = {  # one bad record of each kind, as a JSON line, and the reason it must be rejected for
+    "fence_bomb": (line(reply("fence", "```x\n" * 200_000)), "too_large"),
+    "deep_json": (DEEP_JSON, "too_deep"),
+    "nested_divs": (line(reply("divs", "<div>" * 1000 + "x" + "</div>" * 1000)), "bad_html"),
+    "html_parser_bomb": (line(reply("slow", "<div>" + "<a " * 20_000)), "too_slow"),
+    "not_utf8": (line(reply("latin1", "caf\u00e9")).replace(b"\\u00e9", b"\xe9"), "not_utf8"),
+    "image_part": (line(IMAGE_PART), "unsupported_content"),
+    "malformed": (b'{"id": "oops", "conversations": [oops]}', "malformed_json"),
+}
+
+
+NO_RECORDS = "no usable conversation: the file holds no records"
+
+
+def corpus() -> dict[str, tuple[bytes, list[str], dict]]:
+    """name -> (file bytes, ids that must be kept in order, exact reject counts or {"error": text})."""
+    g = [line(good(k)) for k in range(12)]
+    files = {
+        "bom_array.json": (BOM + b"[\n" + b",\n".join(g[:3]) + b"\n]\n", ["good0", "good1", "good2"], {}),
+        "bom.jsonl": (BOM + b"\n".join(g[:3]) + b"\n", ["good0", "good1", "good2"], {}),
+        "text_parts.jsonl": (line(TEXT_PARTS) + b"\n" + g[0] + b"\n", ["parts", "good0"], {}),
+        "empty.json": (b"", [], {"error": NO_RECORDS}),
+        "empty_array.json": (b"[]", [], {"error": NO_RECORDS}),
+        "bom_empty_array.json": (BOM + b"[ ]", [], {"error": NO_RECORDS}),
+    }
+    for name, (bad, reason) in BAD.items():  # each bad record between two good ones
+        files[f"{name}.jsonl"] = (g[0] + b"\n" + bad + b"\n" + g[1] + b"\n", ["good0", "good1"], {reason: 1})
+    # all of them at once, in an array (with a BOM) and in JSONL, between good records
+    mixed, ids = [g[0]], ["good0"]
+    for k, (bad, _) in enumerate(BAD.values()):
+        mixed += [bad, g[k + 1]]
+        ids.append(f"good{k + 1}")
+    mixed += [line(TEXT_PARTS)]
+    ids.append("parts")
+    counts = dict(Counter(reason for _, reason in BAD.values()))
+    files["everything.jsonl"] = (b"\n".join(mixed) + b"\n", ids, counts)
+    files["everything.json"] = (BOM + b"[\n" + b",\n".join(mixed) + b"\n]", ids, counts)
+    return files
+
+
+DRIVER = """
+import json, sys
+from vicuna_jax.cli import UserError
+from vicuna_jax.data.clean import CleanConfig, clean_file
+results = {}
+for path in sys.argv[1:]:
+    try:
+        config = CleanConfig(max_record_seconds=1)
+        report = clean_file(path, path + ".out", config, rejects_path=path + ".rej")
+        results[path] = {"kept": [json.loads(x)["id"] for x in open(path + ".out")],
+                         "rejects": [json.loads(x) for x in open(path + ".rej")], "total": report.total}
+    except UserError as e:
+        results[path] = {"error": str(e)}
+print(json.dumps(results))
+"""
+
+
+def test_fault_corpus_exact_rejects_and_nothing_good_lost(tmp_path):
+    files = corpus()
+    for name, (data, _, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", DRIVER, *(str(tmp_path / n) for n in files)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    for name, (_, want_ids, want) in files.items():
+        got = results[str(tmp_path / name)]
+        if "error" in want:
+            assert got == {"error": f"{tmp_path / name}: {want['error']}"}, name
+            continue
+        assert "error" not in got and got["kept"] == want_ids, (name, got)
+        assert Counter(r["reason"] for r in got["rejects"]) == want, name
+        assert got["total"] == len(want_ids) + sum(want.values()), name
+        for r in got["rejects"]:  # every reject says where it was and why
+            assert r["where"].startswith(f"{tmp_path / name}:") and r["detail"], (name, r)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mutated_jsonl_lines_never_cost_the_untouched_ones(tmp_path, seed):
+    rng = random.Random(seed)
+    lines = [line(good(k)) for k in range(40)]
+    mutated = set(rng.sample(range(40), 12))
+    junk = [b"\xff", b"\xc3", b"\x00", b'"', b"\\", b"{", b"}", b"[", b"]", b",", BOM, b"\r", b"\xe2\x80\xa8"]
+    for k in mutated:
+        data = bytearray(lines[k])
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            op = rng.choice(["insert", "delete", "replace"])
+            if op == "delete":
+                del data[at]
+            else:
+                data[at : at + (op == "replace")] = rng.choice(junk)
+        lines[k] = bytes(data)
+    path = tmp_path / "fuzz.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cleaner = Cleaner(CleanConfig(dedup=False))
+    rejects: list = []
+    kept = {r["id"] for r in cleaner(read_records(path), rejects)}
+    assert {f"good{k}" for k in range(40) if k not in mutated} <= kept
+    report = cleaner.report
+    assert report.total == 40 and report.kept + sum(report.rejected.values()) == 40
+    assert len(rejects) == sum(report.rejected.values())
+    assert all(r["where"] == f"{path}:{int(r['where'].rsplit(':', 1)[1])}" for r in rejects)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mutated_json_arrays_fail_cleanly_or_account_for_every_record(tmp_path, seed):
+    rng = random.Random(seed)
+    data = bytearray(json.dumps([good(k) for k in range(8)], indent=1).encode())
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data))
+        junk = rng.choice([b"\xff", b'"', b"\\", b"{", b"}", b"[", b"]", b",", b""])
+        data[at : at + rng.randint(0, 1)] = junk
+    path = tmp_path / "fuzz.json"
+    path.write_bytes(bytes(data))
+    cleaner = Cleaner(CleanConfig(dedup=False))
+    try:
+        kept = list(cleaner(read_records(path), []))
+    except DataFormatError as e:  # the array's framing is broken: refused as a whole, with file:line
+        assert str(e).startswith(f"{path}:") and "malformed JSON array" in str(e)
+        return
+    report = cleaner.report
+    assert report.kept == len(kept) and report.kept + sum(report.rejected.values()) == report.total
