@@ -116,7 +116,7 @@ class Generator:
         b, p = tokens_BxP.shape
         positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
         segments = (positions < lengths_B[:, None]).astype(jnp.int32)
-        h_BxPxE, cache = model.hidden_states(tokens_BxP, positions, segments, cache)
+        h_BxPxE, cache = model.decode_hidden_states(tokens_BxP, positions, segments, cache)
         last_BxE = jnp.take_along_axis(h_BxPxE, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
         logits_BxV = model.logits(last_BxE[:, None])[:, 0]
         # Decoding continues right after each prompt, overwriting its padding slots.

@@ -164,7 +164,7 @@ class DecodeBatch:
         positions_NxP = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (n, p))
         segments_NxP = (positions_NxP < lengths_N[:, None]).astype(jnp.int32)
         sub = KVCache.create(self.cfg, n, p, self.cache_dtype)
-        h_NxPxE, sub = model.hidden_states(tokens_NxP, positions_NxP, segments_NxP, sub)
+        h_NxPxE, sub = model.decode_hidden_states(tokens_NxP, positions_NxP, segments_NxP, sub)
         last_NxE = jnp.take_along_axis(h_NxPxE, (lengths_N - 1)[:, None, None], axis=1)[:, 0]
         return sub.k_LxBxSxKxD, sub.v_LxBxSxKxD, segments_NxP, model.logits(last_NxE[:, None])[:, 0]
 
