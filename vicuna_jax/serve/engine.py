@@ -68,11 +68,11 @@ class SeqHandle:
         self.cancelled = False
         self.finished = False
         self._engine = engine
-        # A seed None draws a random one now: the sequence is then reproducible from its own record.
-        seed = secrets.randbits(31) if request.seed is None else request.seed & 0x7FFFFFFF
         r = request
-        self.params = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.stop_strings, seed,
-                                     r.ignore_eos)
+        seed = secrets.randbits(31) if r.seed is None else r.seed & 0x7FFFFFFF  # None: a random seed
+        self.params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                     top_p=r.top_p, top_k=r.top_k, stop_strings=r.stop_strings, seed=seed,
+                                     ignore_eos=r.ignore_eos)
         self.text = TextStream(engine.tokenizer, request.stop_strings)  # touched only by the engine thread
 
     def cancel(self) -> None:
