@@ -30,11 +30,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vicuna_jax.data import bundled_tokenizer_path, encode_prompt, load_tokenizer  # noqa: E402
-from vicuna_jax.generate import Generator, SamplingParams  # noqa: E402
+from vicuna_jax.decoding import SamplingParams, next_pow2  # noqa: E402
+from vicuna_jax.generate import Generator  # noqa: E402
 from vicuna_jax.model.config import LlamaConfig  # noqa: E402
 from vicuna_jax.model.llama import build_model  # noqa: E402
 from vicuna_jax.serve import Engine, ServeConfig, ServerThread, build_app  # noqa: E402
-from vicuna_jax.serve.batch import next_pow2  # noqa: E402
 
 MODEL_NAME = "bench"
 TOPICS = ["llamas", "the ocean", "compilers", "bread", "volcanoes", "chess", "rivers", "jazz", "bees",
@@ -98,10 +98,10 @@ def run_clients(base_url: str, conversations: list[list[dict[str, str]]], client
 
 
 def bench_generator(model: Any, tokenizer: Any, conversations: list, max_tokens: int) -> dict[str, Any]:
-    """One request at a time through `vicuna_jax.generate` (EOS disabled, like ignore_eos)."""
-    gen = Generator(model, None, eos_token_ids=[model.cfg.vocab_size])  # an id never sampled: no EOS
+    """One request at a time through `vicuna_jax.generate` (with ignore_eos, like the server's requests)."""
+    gen = Generator(model)
     ids = [encode_prompt(c, tokenizer) for c in conversations]
-    params = SamplingParams(max_new_tokens=max_tokens)
+    params = SamplingParams(max_new_tokens=max_tokens, ignore_eos=True)
     gen.generate_ids([ids[0]], params)  # compile
     latencies, tokens = [], 0
     start = time.perf_counter()

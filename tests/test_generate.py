@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 from hf_models import make_hf_llama, save_hf_llama  # noqa: E402
 
 from vicuna_jax.convert import load_hf  # noqa: E402
-from vicuna_jax.generate import Generator, SamplingParams, sample_tokens  # noqa: E402
+from vicuna_jax.generate import Generator, SamplingParams  # noqa: E402
 from vicuna_jax.model.llama import model_from_params  # noqa: E402
 
 NEW_TOKENS = 32
@@ -89,24 +89,6 @@ def test_sampling_is_seeded_and_filters_work(models):
                                                      top_p=1e-6))[0] == greedy
 
 
-def test_sample_tokens_respects_top_k_and_top_p():
-    import jax
-    import jax.numpy as jnp
-
-    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4000))
-    keys = jax.random.split(jax.random.key(0), 1)[0]
-    one = lambda v, dt: jnp.full((4000,), v, dt)
-    t1, p1 = one(1.0, jnp.float32), one(1.0, jnp.float32)
-    k2 = np.asarray(sample_tokens(logits, keys, t1, p1, one(2, jnp.int32)))
-    assert set(k2) == {0, 1}
-    assert abs((k2 == 0).mean() - 0.5 / 0.8) < 0.03
-    p = np.asarray(sample_tokens(logits, keys, t1, one(0.7, jnp.float32), one(0, jnp.int32)))
-    assert set(p) == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
-    full = np.asarray(sample_tokens(logits, keys, one(1.0, jnp.float32), one(1.0, jnp.float32),
-                                    one(0, jnp.int32)))
-    assert set(full) == {0, 1, 2, 3}
-
-
 def test_context_limits(models):
     _, cfg, gen = models
     with pytest.raises(ValueError, match="does not fit the model's context"):
@@ -134,3 +116,16 @@ def test_sampled_rows_do_not_depend_on_batch_mates(models):
     assert gen.generate_ids(prompts, mixed)[0] == greedy
     with pytest.raises(ValueError, match="2 SamplingParams for 3 prompts"):
         gen.generate_ids(prompts, hot[:2])
+
+
+def test_one_generation_at_a_time_and_the_cache_is_freed(models):
+    _, cfg, gen = models
+    prompts = _prompts(cfg)
+    params = SamplingParams(max_new_tokens=NEW_TOKENS)
+    first = gen.stream_ids(prompts, params)
+    next(first)
+    assert gen.batch.rows == 4  # three rows, in a power-of-two bucket
+    assert gen.generate_ids(prompts[:1], params)[0] == gen.generate_ids(prompts, params)[0]
+    with pytest.raises(RuntimeError, match="another generation started"):
+        next(first)
+    assert (gen.batch.rows, gen.batch.length) == (1, 128)  # back to the smallest cache between calls

@@ -27,6 +27,10 @@ def test_stop_string_cuts_text(gen):
     cut = gen.generate([ids], SamplingParams(max_new_tokens=40, stop_strings=(stop,)))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == text[: text.find(stop)]
+    # Its tokens end with the one that completed the stop string, whatever the decode chunk size.
+    ids_cut = cut.token_ids
+    assert ids_cut == full.token_ids[:len(ids_cut)]
+    assert stop in gen.tokenizer.decode(ids_cut) and stop not in gen.tokenizer.decode(ids_cut[:-1])
 
 
 def test_stream_text_concatenates_to_generate(gen):

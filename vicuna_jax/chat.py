@@ -8,10 +8,12 @@ quits. When the conversation outgrows the model's context, the oldest exchanges 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import TextIO
 
-from vicuna_jax.generate import Generator, SamplingParams
+from vicuna_jax.decoding.sampling import SamplingParams
+from vicuna_jax.generate import Generator
 
 
 def fit_history(history: list[dict[str, str]], gen: Generator, template: str, system: str | None,
@@ -65,7 +67,7 @@ def chat_loop(gen: Generator, params: SamplingParams, *, template: str = "vicuna
             continue
         stdout.write(reply_prefix)
         reply = []
-        turn_params = SamplingParams(**{**params.__dict__, "seed": params.seed + turn})
+        turn_params = dataclasses.replace(params, seed=params.seed + turn)
         for delta in gen.stream_text(ids, turn_params):
             reply.append(delta)
             stdout.write(delta)

@@ -3,155 +3,63 @@
     python -m vicuna_jax.generate --model=DIR --prompt="..." [--template=vicuna_v1.1|none]
         [--max_new_tokens=N] [--temperature=T] [--top_p=P] [--top_k=K] [--seed=S]
 
-How it runs: prompts are right-padded into one batch and prefilled in one jitted call that writes the KV
-cache; decoding then runs in jitted chunks of `chunk` steps (a `lax.while_loop` that stops early once every
-row has finished), and between chunks the host checks stop strings and streams text. Each row has its own
-cache write position, so rows of different lengths never wait on padding. Shapes are bucketed (prompt
-length to a multiple of 32, cache to a multiple of 128) so a handful of compilations serve a whole run.
+`Generator` is the batch front end of the decoding core (`vicuna_jax.decoding`): the prompts are prefilled
+into the rows of one KV cache (each row has its own write position, so rows of different lengths never wait
+on padding), then decoding runs in jitted chunks of `chunk` steps (a `lax.while_loop` that stops early once
+every row has finished); between chunks the host checks stop strings and streams text, and the cache is
+reshaped to the rows still generating. Shapes come in power-of-two buckets, so a handful of compilations
+serve a whole run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.decoding.batch import DecodeBatch
+from vicuna_jax.decoding.sampling import SamplingParams, per_row, sample_tokens
+from vicuna_jax.decoding.text import TextStream, resolve_eos_ids
 from vicuna_jax.model.config import LlamaConfig
-from vicuna_jax.model.llama import KVCache, Llama
+from vicuna_jax.model.llama import Llama
 
-_PROMPT_BUCKET = 32
-_CACHE_BUCKET = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens. temperature 0 = greedy; top_k 0 and top_p 1 disable those filters."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop_strings: tuple[str, ...] = ()
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+__all__ = ["Completion", "Generator", "SamplingParams", "load_generator", "prompt_ids", "sample_tokens"]
 
 
 @dataclasses.dataclass
 class Completion:
-    token_ids: list[int]
+    token_ids: list[int]  # the reply's tokens: up to the stop string when one ended it; EOS not included
     text: str
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def sample_tokens(logits_BxV: jax.Array, rng: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array,
-                  top_k_B: jax.Array) -> jax.Array:
-    """Per-row sampling; rows with temperature 0 take the argmax.
-
-    `rng` is one key for the whole batch, or a `[B]` array of keys (one per row, batch-invariant draws).
-    """
-    greedy_B = jnp.argmax(logits_BxV, axis=-1)
-    scaled = logits_BxV / jnp.maximum(temperature_B, 1e-6)[:, None]
-    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
-    vocab = logits_BxV.shape[-1]
-    # top-k: the k-th largest logit is the threshold (k = 0 keeps everything).
-    k_B = jnp.where(top_k_B > 0, jnp.minimum(top_k_B, vocab), vocab)
-    kth_B = jnp.take_along_axis(sorted_logits, (k_B - 1)[:, None], axis=-1)
-    # top-p: keep the smallest prefix of sorted tokens whose probability mass reaches p.
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep_sorted = mass_before < top_p_B[:, None]
-    last_kept = jnp.sum(keep_sorted, axis=-1) - 1
-    pth_B = jnp.take_along_axis(sorted_logits, last_kept[:, None], axis=-1)
-    threshold = jnp.maximum(kth_B, pth_B)
-    filtered = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    if jnp.ndim(rng) == 0 or jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jnp.uint32):
-        sampled_B = jax.random.categorical(rng, filtered, axis=-1)
-    else:  # one key per row: a row's draw does not depend on the rest of the batch
-        sampled_B = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(rng, filtered)
-    return jnp.where(temperature_B > 0, sampled_B, greedy_B).astype(jnp.int32)
-
-
 class Generator:
-    """Batched KV-cache generation for one model. Reuse one instance to reuse its compilations."""
+    """Batched KV-cache generation for one model. Reuse one instance to reuse its compilations; it runs one
+    generation at a time."""
 
     def __init__(self, model: Llama, tokenizer: Any = None, *, eos_token_ids: Sequence[int] | None = None,
                  chunk: int = 16, cache_dtype: Any = None):
         self.cfg: LlamaConfig = model.cfg
-        self.graphdef, self.state = nnx.split(model)
         self.tokenizer = tokenizer
-        eos = list(eos_token_ids) if eos_token_ids is not None else [self.cfg.eos_token_id]
-        if tokenizer is not None and getattr(tokenizer, "eos_id", None) not in (None, -1):
-            eos.append(int(tokenizer.eos_id))
-        self.eos_ids = jnp.asarray(sorted(set(eos)), jnp.int32)
+        self.eos_ids = resolve_eos_ids(self.cfg, tokenizer, eos_token_ids)
         self.chunk = chunk
-        self.cache_dtype = cache_dtype or model.dtype
-        self._prefill = jax.jit(self._prefill_impl)
-        self._decode = jax.jit(self._decode_impl, static_argnames=("steps",), donate_argnums=(1,))
+        self.batch = DecodeBatch(model, eos_ids=self.eos_ids, cache_dtype=cache_dtype)
+        self.cache_dtype = self.batch.cache_dtype
+        self._owner: object | None = None  # the generation that holds the batch now
 
-    # ------------------------------------------------------------ jitted pieces
+    @property
+    def graphdef(self) -> Any:
+        return self.batch.graphdef
 
-    def _prefill_impl(self, state, tokens_BxP, lengths_B, cache: KVCache):
-        model = nnx.merge(self.graphdef, state)
-        b, p = tokens_BxP.shape
-        positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-        segments = (positions < lengths_B[:, None]).astype(jnp.int32)
-        h_BxPxE, cache = model.hidden_states(tokens_BxP, positions, segments, cache)
-        last_BxE = jnp.take_along_axis(h_BxPxE, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
-        logits_BxV = model.logits(last_BxE[:, None])[:, 0]
-        # Decoding continues right after each prompt, overwriting its padding slots.
-        return cache._replace(end_B=lengths_B.astype(jnp.int32)), logits_BxV
+    @property
+    def state(self) -> Any:
+        return self.batch.state
 
-    def _decode_impl(self, state, carry, temperature_B, top_p_B, top_k_B, limit_B, *, steps: int):
-        """Up to `steps` tokens per row; stops early when every row is done. Emits -1 for finished rows."""
-        model = nnx.merge(self.graphdef, state)
-
-        def cond(c):
-            i, _, _, _, done_B, _, _ = c
-            return (i < steps) & ~jnp.all(done_B)
-
-        def body(c):
-            i, cache, logits_BxV, rng, done_B, count_B, out_BxN = c
-            # Row b's t-th token uses fold_in(key_b, t): the same draw whatever else is in the batch.
-            step_keys_B = jax.vmap(jax.random.fold_in)(rng, count_B)
-            tok_B = sample_tokens(logits_BxV, step_keys_B, temperature_B, top_p_B, top_k_B)
-            tok_B = jnp.where(done_B, -1, tok_B)
-            out_BxN = out_BxN.at[:, i].set(tok_B)
-            count_B = count_B + (~done_B).astype(jnp.int32)
-            hit_eos = jnp.isin(tok_B, self.eos_ids)
-            done_B = done_B | hit_eos | (count_B >= limit_B)
-            positions_Bx1 = cache.end_B[:, None]
-            new_logits, cache = model(jnp.maximum(tok_B, 0)[:, None], positions_Bx1,
-                                      (~done_B | hit_eos).astype(jnp.int32)[:, None], cache)
-            return i + 1, cache, new_logits[:, 0], rng, done_B, count_B, out_BxN
-
-        cache, logits_BxV, rng, done_B, count_B = carry
-        out = jnp.full((logits_BxV.shape[0], steps), -1, jnp.int32)
-        _, cache, logits_BxV, rng, done_B, count_B, out = jax.lax.while_loop(
-            cond, body, (0, cache, logits_BxV, rng, done_B, count_B, out))
-        return (cache, logits_BxV, rng, done_B, count_B), out
-
-    # ------------------------------------------------------------ host loop
+    # ------------------------------------------------------------ token ids
 
     def stream_ids(self, prompts: Sequence[Sequence[int]],
                    params: SamplingParams | Sequence[SamplingParams]) -> Iterator[list[list[int]]]:
@@ -161,52 +69,49 @@ class Generator:
         temperature, top-p, top-k, token budget and seed). With one SamplingParams, row b is seeded with
         `seed + b`; a row's tokens depend only on its prompt, its params and its seed, never on batch-mates.
         """
+        for outs, _ in self._run(prompts, per_row(params, len(prompts)), set()):
+            yield outs
+
+    def _run(self, prompts: Sequence[Sequence[int]], rows: list[SamplingParams],
+             stopped: set[int]) -> Iterator[tuple[list[list[int]], list[str | None]]]:
+        """The decode loop: yields (ids so far, finish reason or None) per prompt after each chunk. The
+        caller may add prompt indices to `stopped` between chunks: those rows stop generating."""
         if not prompts:
             return
-        rows = _per_row(params, len(prompts))
         lengths = [len(p) for p in prompts]
         if min(lengths) == 0:
             raise ValueError("every prompt needs at least one token (the BOS token)")
         ctx = self.cfg.max_position_embeddings
         if max(lengths) >= ctx:
             raise ValueError(f"prompt of {max(lengths)} tokens does not fit the model's context of {ctx}")
-        b = len(prompts)
-        p = min(_round_up(max(lengths), _PROMPT_BUCKET), ctx)
-        max_new = max(r.max_new_tokens for r in rows)
-        new_budget = min(max_new, ctx - min(lengths))
-        cache_len = min(_round_up(max(lengths) + new_budget, _CACHE_BUCKET), _round_up(ctx, _CACHE_BUCKET))
-        cache_len = max(cache_len, p)
-        tokens = np.zeros((b, p), np.int32)
-        for i, prompt in enumerate(prompts):
-            tokens[i, :len(prompt)] = prompt
-        lengths_B = jnp.asarray(lengths, jnp.int32)
-        cache = KVCache.create(self.cfg, b, cache_len, self.cache_dtype)
-        cache, logits = self._prefill(self.state, jnp.asarray(tokens), lengths_B, cache)
-        # Per-row budget: its max_new_tokens, and never past the context or the cache.
-        wanted = np.asarray([r.max_new_tokens for r in rows])
-        limit = np.minimum(wanted, np.minimum(ctx, cache_len) - np.asarray(lengths))
-        done = jnp.asarray(limit <= 0)
-        sampling = (jnp.asarray([r.temperature for r in rows], jnp.float32),
-                    jnp.asarray([r.top_p for r in rows], jnp.float32),
-                    jnp.asarray([r.top_k for r in rows], jnp.int32), jnp.asarray(limit, jnp.int32))
-        keys = jax.vmap(jax.random.key)(jnp.asarray([r.seed for r in rows], jnp.uint32))
-        carry = (cache, logits, keys, done, jnp.zeros((b,), jnp.int32))
-        outs: list[list[int]] = [[] for _ in range(b)]
-        finished = np.asarray(done).copy()
-        while not finished.all():
-            carry, chunk = self._decode(self.state, carry, *sampling, steps=self.chunk)
-            chunk = np.asarray(chunk)
-            for i in range(b):
-                for tok in chunk[i]:
-                    if tok < 0 or tok in self._eos_set:
-                        break
-                    outs[i].append(int(tok))
-            finished = np.asarray(carry[3])
-            yield outs
-
-    @functools.cached_property
-    def _eos_set(self) -> set[int]:
-        return {int(x) for x in np.asarray(self.eos_ids)}
+        batch, me = self.batch, object()
+        self._owner = me
+        try:
+            batch.reset()
+            placed = batch.fit(lengths, self.chunk)
+            batch.admit(placed.rows, prompts, rows)
+            index = dict(zip(placed.rows, range(len(prompts)), strict=True))  # row -> prompt
+            outs: list[list[int]] = [[] for _ in prompts]
+            reasons: list[str | None] = [None] * len(prompts)
+            while True:
+                if self._owner is not me:
+                    raise RuntimeError("another generation started on this Generator before this one ended")
+                for row, i in index.items():
+                    if i in stopped:
+                        batch.release(row)
+                if not batch.live_rows():
+                    return
+                moved = batch.fit([], self.chunk).moved
+                if moved is not None:
+                    index = {new: index[old] for new, old in enumerate(moved)}
+                for row, got in batch.step(self.chunk).items():
+                    outs[index[row]].extend(got.ids)
+                    reasons[index[row]] = got.finish
+                yield outs, reasons
+        finally:
+            if self._owner is me:  # free the cache
+                self._owner = None
+                batch.reset()
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[int]]:
         """New token ids per prompt (EOS not included); stop strings are not applied here."""
@@ -215,67 +120,52 @@ class Generator:
             last = outs
         return [list(o) for o in last]
 
+    # ------------------------------------------------------------ text
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams],
                  on_update: Callable[[int, str], None] | None = None) -> list[Completion]:
-        """Completions with text; stop strings end a row early (the stop string is not included).
+        """Completions with text; a stop string ends its row early (the stop string is not included).
         `params` as in `stream_ids` (one for all rows, or one per prompt)."""
         if self.tokenizer is None:
             raise ValueError("text generation needs a tokenizer")
-        rows = _per_row(params, len(prompts))
-        results: list[Completion | None] = [None] * len(prompts)
+        rows = per_row(params, len(prompts))
+        texts = [TextStream(self.tokenizer, r.stop_strings) for r in rows]
+        stopped: set[int] = set()
         outs: list[list[int]] = [[] for _ in prompts]
-        for outs in self.stream_ids(prompts, rows):
+        reasons: list[str | None] = [None] * len(prompts)
+        for outs, reasons in self._run(prompts, rows, stopped):  # noqa: B007 - both read after the loop
             for i, ids in enumerate(outs):
-                if results[i] is not None:
+                text = texts[i]
+                if text.stopped or len(ids) == len(text.ids):
                     continue
-                text = self.tokenizer.decode(ids)
-                cut = _first_stop(text, rows[i].stop_strings)
-                if cut is not None:
-                    results[i] = Completion(ids, text[:cut], "stop")
+                text.extend(ids[len(text.ids):])
+                if text.stopped:
+                    stopped.add(i)
                 elif on_update is not None:
-                    on_update(i, text)
-            if all(r is not None for r in results):
+                    on_update(i, text.text)
+            if len(stopped) == len(prompts):
                 break  # every row hit a stop string; no need to decode further
+        results = []
         for i, ids in enumerate(outs):
-            if results[i] is None:
-                limit_hit = len(ids) >= rows[i].max_new_tokens or \
-                    len(prompts[i]) + len(ids) >= self.cfg.max_position_embeddings
-                results[i] = Completion(ids, self.tokenizer.decode(ids), "length" if limit_hit else "stop")
-        return results  # type: ignore[return-value]
+            text = texts[i]
+            if text.stopped:
+                results.append(Completion(ids[:text.stop_tokens], text.text, "stop"))
+            else:
+                results.append(Completion(list(ids), text.text, reasons[i] or "length"))
+        return results
 
     def stream_text(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[str]:
-        """Text deltas for one prompt as it is generated (for interactive chat and serving)."""
-        hold = max((len(s) - 1 for s in params.stop_strings if s), default=0)
-        sent, text = "", ""
+        """Text deltas for one prompt as it is generated (for interactive chat)."""
+        text = TextStream(self.tokenizer, params.stop_strings)
         for outs in self.stream_ids([prompt], params):
-            text = self.tokenizer.decode(outs[0])
-            cut = _first_stop(text, params.stop_strings)
-            if cut is not None:
-                text = text[:cut]
-                break
-            # Hold back an incomplete UTF-8 character (byte-fallback pieces arrive one byte at a time) and
-            # a tail that might be the start of a stop string.
-            visible = text.rstrip("\ufffd")
-            visible = visible[:len(visible) - hold] if hold else visible
-            if len(visible) > len(sent) and visible.startswith(sent):
-                yield visible[len(sent):]
-                sent = visible
-        if len(text) > len(sent) and text.startswith(sent):
-            yield text[len(sent):]
-
-
-def _per_row(params: SamplingParams | Sequence[SamplingParams], n: int) -> list[SamplingParams]:
-    if isinstance(params, SamplingParams):
-        return [dataclasses.replace(params, seed=params.seed + i) for i in range(n)]
-    rows = list(params)
-    if len(rows) != n:
-        raise ValueError(f"{len(rows)} SamplingParams for {n} prompts")
-    return rows
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
+            delta = text.extend(outs[0][len(text.ids):])
+            if delta:
+                yield delta
+            if text.stopped:
+                return
+        rest = text.finish()
+        if rest:
+            yield rest
 
 
 # ------------------------------------------------------------ CLI

@@ -33,9 +33,9 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 def _grouped_scores(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array) -> jax.Array:
     """q·k over GQA groups without repeating K: returns fp32 scores [B, K, G, T, S].
 
-    The operands are made head-major ([B, K, G, T, D] x [B, K, S, D]) first: XLA:CPU then runs these
-    batched matmuls and their transposes in the backward pass on contiguous [T, D] tiles (~25% less CPU
-    time for attention forward + backward); other backends get the layout they would choose anyway."""
+    The operands are made head-major ([B, K, G, T, D] x [B, K, S, D]) first, so XLA:CPU runs these batched
+    matmuls and their backward-pass transposes on contiguous [T, D] tiles; other backends get the layout
+    they would choose anyway."""
     b, t, h, d = q_BxTxHxD.shape
     kv_heads = k_BxSxKxD.shape[2]
     q_BxKxGxTxD = q_BxTxHxD.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)

@@ -44,9 +44,8 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        # A 2-D [tokens, in] matmul: with [B, T, in] operands XLA:CPU transposes the [B*T, out] gradients
-        # for the weight-gradient matmul (strided copies, ~20% of an MLP's forward + backward). Free here:
-        # the leading dims are contiguous; GPU/TPU compilers treat both forms alike.
+        # A 2-D [tokens, in] matmul (a free reshape): XLA:CPU would otherwise transpose the gradients for
+        # the weight-gradient matmul; GPU/TPU compilers treat both forms alike.
         lead = x.shape[:-1]
         x_NxI = x.reshape(-1, x.shape[-1]).astype(self.dtype)
         return jnp.dot(x_NxI, self.kernel[...].astype(self.dtype)).reshape(*lead, -1)
@@ -256,68 +255,95 @@ class Llama(nnx.Module):
                                   param_dtype=param_dtype, rngs=rngs)
 
     def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
-                      segment_ids_BxT: jax.Array | None = None, cache: KVCache | None = None
-                      ) -> tuple[jax.Array, KVCache | None]:
-        """Final normed hidden states `[B, T, E]` (before the LM head) and the updated cache."""
+                      segment_ids_BxT: jax.Array | None = None) -> tuple[jax.Array, None]:
+        """The training (and scoring) forward: final normed hidden states `[B, T, E]`, before the LM head.
+
+        Returns `(h, None)`, the same pair `decode_hidden_states` returns with its cache, so callers unpack
+        both alike. Segment ids (packed rows) keep attention within each segment; 0 marks padding.
+        """
+        x_BxTxE, positions_BxT = self._embed(tokens_BxT, positions_BxT)
+        x_BxTxE, _ = self._layers(x_BxTxE, positions_BxT, segment_ids_BxT, None)
+        return self.norm(x_BxTxE), None
+
+    def decode_hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
+                             segment_ids_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """The cached forward (prefill and decode): row b's T new tokens go to cache slots
+        `[end[b], end[b] + T)` (segment id 0 writes an empty slot) and attend to every filled slot up to
+        their own. Returns the final normed hidden states `[B, T, E]` and the updated cache."""
+        b, t = tokens_BxT.shape
+        x_BxTxE, positions_BxT = self._embed(tokens_BxT, positions_BxT)
+        rows_Bx1, slots_BxT = _cache_slots(cache.end_B, t)
+        slot_segment_BxS = cache.slot_segment_BxS.at[rows_Bx1, slots_BxT].set(
+            segment_ids_BxT.astype(cache.slot_segment_BxS.dtype), mode="drop")
+        layer_cache = (cache.k_LxBxSxKxD, cache.v_LxBxSxKxD, slot_segment_BxS, cache.end_B)
+        x_BxTxE, (k_L, v_L) = self._layers(x_BxTxE, positions_BxT, segment_ids_BxT, layer_cache)
+        return self.norm(x_BxTxE), KVCache(k_L, v_L, slot_segment_BxS, cache.end_B + t)
+
+    def _embed(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None) -> tuple[jax.Array, jax.Array]:
         b, t = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x_BxTxE = jnp.take(self.embed_tokens[...], tokens_BxT, axis=0).astype(self.dtype)
-        x_BxTxE = shard_activation(x_BxTxE, ("batch", "length", "act_embed"))
+        return shard_activation(x_BxTxE, ("batch", "length", "act_embed")), positions_BxT
 
+    def _layers(self, x_BxTxE: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
+                cache: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None):
+        """The decoder layers, scanned or looped; with `cache` = (k, v, slot segments after this step's
+        write, end), each layer writes its keys/values into the stacked buffers. Returns (x, (k, v))."""
         graphdef, layer_state = nnx.split(self.layers)
-        if cache is not None:
-            seg = segment_ids_BxT if segment_ids_BxT is not None else jnp.ones((b, t), jnp.int32)
-            rows_Bx1, slots_BxT = _cache_slots(cache.end_B, t)
-            new_slot_segment = cache.slot_segment_BxS.at[rows_Bx1, slots_BxT].set(
-                seg.astype(cache.slot_segment_BxS.dtype), mode="drop")
 
         def layer_fn(carry, layer_xs):
             # The whole cache rides in the carry, so each layer's write is an in-place update.
             x, k_L, v_L = carry
             params, index = layer_xs
             block = nnx.merge(graphdef, params)
-            layer_cache = None
-            if cache is not None:
-                layer_cache = LayerCache(k_L, v_L, index, new_slot_segment, cache.end_B)
+            layer_cache = None if cache is None else LayerCache(k_L, v_L, index, cache[2], cache[3])
             y, new_kv = block(x, positions_BxT, segment_ids_BxT, layer_cache)
             if new_kv is not None:
                 k_L, v_L = new_kv
             return (y, k_L, v_L), None
 
         policy = resolve_remat_policy(self.remat_policy)
-        if policy is not None:
+        if policy is not None and cache is None:  # remat only matters under differentiation
             layer_fn = jax.checkpoint(layer_fn, policy=policy, prevent_cse=not self.scan_layers)
 
-        carry = (x_BxTxE, *((cache.k_LxBxSxKxD, cache.v_LxBxSxKxD) if cache is not None else (None, None)))
+        carry = (x_BxTxE, *(cache[:2] if cache is not None else (None, None)))
         if self.scan_layers:
             carry, _ = jax.lax.scan(layer_fn, carry, (layer_state, jnp.arange(self.cfg.num_layers)))
         else:
             for i in range(self.cfg.num_layers):
                 carry, _ = layer_fn(carry, (jax.tree.map(lambda a, i=i: a[i], layer_state), i))
-        x_BxTxE, k_L, v_L = carry
+        return carry[0], carry[1:]
 
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(k_L, v_L, new_slot_segment, cache.end_B + t)
-        return self.norm(x_BxTxE), new_cache
+    def lm_head_weight(self) -> jax.Array:
+        """The LM head as an `[E, V]` matrix: the embedding, transposed, when the embeddings are tied."""
+        if self.cfg.tie_word_embeddings:
+            return self.embed_tokens[...].T
+        return self.lm_head.kernel[...]
 
     def logits(self, h_BxTxE: jax.Array) -> jax.Array:
         """LM head; logits come out in fp32 (accumulated in fp32 whatever the compute dtype)."""
-        if self.cfg.tie_word_embeddings:
-            w_ExV = self.embed_tokens[...].T
-        else:
-            w_ExV = self.lm_head.kernel[...]
-        logits = jnp.dot(h_BxTxE.astype(self.dtype), w_ExV.astype(self.dtype),
+        logits = jnp.dot(h_BxTxE.astype(self.dtype), self.lm_head_weight().astype(self.dtype),
                          preferred_element_type=jnp.float32)
         return shard_activation(logits, ("batch", "length", "act_vocab"))
+
+    def decode(self, tokens_BxT: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Logits `[B, T, V]` (fp32) of the cached forward (see `decode_hidden_states`) and the new cache."""
+        h_BxTxE, cache = self.decode_hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT, cache)
+        return self.logits(h_BxTxE), cache
 
     def __call__(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
                  segment_ids_BxT: jax.Array | None = None, cache: KVCache | None = None
                  ) -> tuple[jax.Array, KVCache | None]:
-        """Logits `[B, T, V]` (fp32) and the updated cache (None without a cache)."""
-        h, new_cache = self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT, cache)
-        return self.logits(h), new_cache
+        """Logits `[B, T, V]` (fp32) and the updated cache: the training forward without a cache (cache
+        None), `decode` with one (segment ids default to 1: every token real)."""
+        if cache is None:
+            h_BxTxE, _ = self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT)
+            return self.logits(h_BxTxE), None
+        if segment_ids_BxT is None:
+            segment_ids_BxT = jnp.ones(tokens_BxT.shape, jnp.int32)
+        return self.decode(tokens_BxT, positions_BxT, segment_ids_BxT, cache)
 
 
 # jax.checkpoint_policies entries that are policies themselves (the others are factories taking arguments).

@@ -2,9 +2,10 @@
 
     python -m vicuna_jax.serve --model=DIR [--port=8000] [--max_batch=16]
 
-`engine` schedules sequences over the KV-cache rows of `batch`; `protocol` is the OpenAI wire format;
-`api` the Starlette app; `limits` bounds what one client can hold (body size, timeouts, connections);
-`server` runs it under uvicorn; `__main__` is the CLI. The page lives in `vicuna_jax/serve_static/`.
+`engine` schedules sequences over the KV-cache rows of the decoding core (`vicuna_jax.decoding`);
+`protocol` is the OpenAI wire format; `api` the Starlette app; `limits` bounds what one client can hold
+(body size, timeouts, connections); `server` runs it under uvicorn; `__main__` is the CLI. The page lives in
+`vicuna_jax/serve_static/`.
 """
 
 from vicuna_jax.serve.api import ServeConfig, build_app

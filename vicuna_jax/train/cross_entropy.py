@@ -162,7 +162,6 @@ linear_cross_entropy.defvjp(_fwd, _bwd)
 
 
 def lm_head_kernel(model: Any) -> jax.Array:
-    """The `[E, V]` LM head of a `vicuna_jax.model.llama.Llama` (the embedding, transposed, when tied)."""
-    if model.cfg.tie_word_embeddings:
-        return model.embed_tokens[...].T
-    return model.lm_head.kernel[...]
+    """The `[E, V]` LM head of a `vicuna_jax.model.llama.Llama`, as the model reports it (`lm_head_weight`:
+    the embedding, transposed, when tied)."""
+    return model.lm_head_weight()
