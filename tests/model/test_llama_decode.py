@@ -23,7 +23,7 @@ def test_cached_forward_matches_the_training_forward(scan_layers):
     rng = np.random.RandomState(0)
     lengths, total = [5, 9], 14
     tokens = rng.randint(0, CFG.vocab_size, (2, total)).astype(np.int32)
-    want = [np.asarray(model.hidden_states(jnp.asarray(tokens[b:b + 1]))[0])[0] for b in range(2)]
+    want = [np.asarray(model.hidden_states(jnp.asarray(tokens[b:b + 1])))[0] for b in range(2)]
 
     # Prefill right-padded prompts (segment 0 = padding), then feed each row's next tokens one at a time.
     p = max(lengths)
@@ -51,8 +51,8 @@ def test_cached_forward_matches_the_training_forward(scan_layers):
 def test_training_forward_takes_no_cache():
     assert "cache" not in inspect.signature(Llama.hidden_states).parameters
     model = build_model(CFG, seed=0)
-    h, none = model.hidden_states(jnp.zeros((1, 4), jnp.int32))
-    assert h.shape == (1, 4, CFG.hidden_size) and none is None
+    h = model.hidden_states(jnp.zeros((1, 4), jnp.int32))
+    assert h.shape == (1, 4, CFG.hidden_size)
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -85,7 +85,7 @@ def test_loss_is_token_weighted_not_mean_of_means():
     batch["loss_mask"][1, 5:25] = 1
     state, _, graphdef = setup(1)
     model = nnx.merge(graphdef, state.params)
-    h, _ = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
+    h = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
     logits = np.asarray(model.logits(h))
     logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     nll = -np.take_along_axis(np.asarray(logp), batch["target_tokens"][..., None], -1)[..., 0]
@@ -132,7 +132,7 @@ def test_chunked_cross_entropy_matches_full():
     state, _, graphdef = setup(1)
     model = nnx.merge(graphdef, state.params)
     batch = packed_batch(2, seq_len=30)
-    h, _ = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
+    h = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
     full = cross_entropy_sums(model, h, batch["target_tokens"], batch["loss_mask"])
     for chunk in (7, 8, 30):
         chunked = cross_entropy_sums(model, h, batch["target_tokens"], batch["loss_mask"], chunk)
@@ -141,7 +141,7 @@ def test_chunked_cross_entropy_matches_full():
     def grads(chunk):
         def f(p):
             m = nnx.merge(graphdef, p)
-            hh, _ = m.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
+            hh = m.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
             return cross_entropy_sums(m, hh, batch["target_tokens"], batch["loss_mask"], chunk)
         return jax.grad(f)(state.params)
 

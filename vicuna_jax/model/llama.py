@@ -255,15 +255,14 @@ class Llama(nnx.Module):
                                   param_dtype=param_dtype, rngs=rngs)
 
     def hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array | None = None,
-                      segment_ids_BxT: jax.Array | None = None) -> tuple[jax.Array, None]:
+                      segment_ids_BxT: jax.Array | None = None) -> jax.Array:
         """The training (and scoring) forward: final normed hidden states `[B, T, E]`, before the LM head.
 
-        Returns `(h, None)`, the same pair `decode_hidden_states` returns with its cache, so callers unpack
-        both alike. Segment ids (packed rows) keep attention within each segment; 0 marks padding.
+        Segment ids (packed rows) keep attention within each segment; 0 marks padding.
         """
         x_BxTxE, positions_BxT = self._embed(tokens_BxT, positions_BxT)
         x_BxTxE, _ = self._layers(x_BxTxE, positions_BxT, segment_ids_BxT, None)
-        return self.norm(x_BxTxE), None
+        return self.norm(x_BxTxE)
 
     def decode_hidden_states(self, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                              segment_ids_BxT: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -339,8 +338,7 @@ class Llama(nnx.Module):
         """Logits `[B, T, V]` (fp32) and the updated cache: the training forward without a cache (cache
         None), `decode` with one (segment ids default to 1: every token real)."""
         if cache is None:
-            h_BxTxE, _ = self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT)
-            return self.logits(h_BxTxE), None
+            return self.logits(self.hidden_states(tokens_BxT, positions_BxT, segment_ids_BxT)), None
         if segment_ids_BxT is None:
             segment_ids_BxT = jnp.ones(tokens_BxT.shape, jnp.int32)
         return self.decode(tokens_BxT, positions_BxT, segment_ids_BxT, cache)

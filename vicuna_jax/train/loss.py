@@ -34,7 +34,7 @@ def loss_sums(params: Any, graphdef: nnx.GraphDef, batch: dict[str, jax.Array],
               loss_chunk: int = 0) -> tuple[jax.Array, jax.Array]:
     """(sum of target-token losses, number of target tokens) for one (micro-)batch."""
     model = nnx.merge(graphdef, params)
-    h, _ = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
+    h = model.hidden_states(batch["input_tokens"], batch["positions"], batch["segment_ids"])
     weights = batch["loss_mask"].astype(jnp.float32)
     total = cross_entropy_sums(model, h, batch["target_tokens"], weights, loss_chunk)
     return total, jnp.sum(weights)
