@@ -90,3 +90,24 @@ def test_generate_cli_errors_clearly(tmp_path):
     proc = _run(["vicuna_jax.generate", f"--model={tmp_path}", "--prompt=x"])
     assert proc.returncode != 0
     assert "holds no complete vicuna_jax checkpoint" in proc.stderr
+
+
+def test_ctrl_c_in_chat_ends_it_without_a_traceback(tiny_checkpoint):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "vicuna_jax.chat", f"--model={tiny_checkpoint}",
+                             "--max_new_tokens=4", "--temperature=0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("Hello!\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("ASSISTANT:")  # a reply came: it is waiting for input now
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted", stderr[-2000:]
