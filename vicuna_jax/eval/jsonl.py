@@ -16,6 +16,7 @@ from typing import Any, Self
 from absl import logging
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import atomic_open
 
 
 class EvalInputError(UserError):
@@ -53,10 +54,8 @@ def require(obj: dict[str, Any], key: str, path: str, lineno: int, kind: type | 
 
 def write_jsonl(path: str, rows: Iterable[dict[str, Any]]) -> None:
     """Writes rows atomically (temp file + rename), so a crash never leaves a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
 
 
 class JsonlAppender:

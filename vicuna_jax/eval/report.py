@@ -21,6 +21,7 @@ from vicuna_jax.cli import UserError
 from vicuna_jax.eval import plots, ratings, stats
 from vicuna_jax.eval.jsonl import EvalInputError
 from vicuna_jax.eval.questions import load_answer_files, load_questions
+from vicuna_jax.fileio import atomic_write_text
 
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 Rows = list[dict[str, Any]]
@@ -447,8 +448,8 @@ def write_report(
         plot_dir=output_dir if make_plots else None,
         rating=RatingOptions(bootstrap_rounds, seed),
     )
-    with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(report.to_markdown(judgment_file, relative_to=output_dir))
+    atomic_write_text(os.path.join(output_dir, "summary.md"),
+                      report.to_markdown(judgment_file, relative_to=output_dir))
     return report
 
 
