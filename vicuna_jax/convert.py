@@ -1,4 +1,4 @@
-"""Hugging Face interop: LlamaForCausalLM directories <-> vicuna_jax parameters and checkpoints.
+"""Hugging Face interop: Llama/Mistral/Qwen2/Qwen3ForCausalLM directories <-> vicuna_jax params, checkpoints.
 
     python -m vicuna_jax.convert --from_hf=DIR --to_checkpoint=DIR [--dtype=auto]
     python -m vicuna_jax.convert --from_checkpoint=DIR --to_hf=DIR [--dtype=bfloat16] [--tokenizer=PATH]
@@ -38,6 +38,12 @@ _LAYER_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
     ("mlp", "gate_proj", "kernel"): ("model.layers.{i}.mlp.gate_proj.weight", True),
     ("mlp", "up_proj", "kernel"): ("model.layers.{i}.mlp.up_proj.weight", True),
     ("mlp", "down_proj", "kernel"): ("model.layers.{i}.mlp.down_proj.weight", True),
+    # Present only when the architecture has them (LlamaConfig.qkv_bias / qk_norm).
+    ("self_attn", "q_proj", "bias"): ("model.layers.{i}.self_attn.q_proj.bias", False),
+    ("self_attn", "k_proj", "bias"): ("model.layers.{i}.self_attn.k_proj.bias", False),
+    ("self_attn", "v_proj", "bias"): ("model.layers.{i}.self_attn.v_proj.bias", False),
+    ("self_attn", "q_norm", "scale"): ("model.layers.{i}.self_attn.q_norm.weight", False),
+    ("self_attn", "k_norm", "scale"): ("model.layers.{i}.self_attn.k_norm.weight", False),
 }
 _TOP_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
     ("embed_tokens",): ("model.embed_tokens.weight", False),
@@ -72,17 +78,26 @@ def _param_shapes(cfg: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     }
     if not cfg.tie_word_embeddings:
         shapes[("lm_head", "kernel")] = (v, e)
+    if cfg.qkv_bias:
+        shapes[("self_attn", "q_proj", "bias")] = (cfg.num_heads * hd,)
+        shapes[("self_attn", "k_proj", "bias")] = (cfg.num_kv_heads * hd,)
+        shapes[("self_attn", "v_proj", "bias")] = (cfg.num_kv_heads * hd,)
+    if cfg.qk_norm:
+        shapes[("self_attn", "q_norm", "scale")] = (hd,)
+        shapes[("self_attn", "k_norm", "scale")] = (hd,)
     return shapes
 
 
 def hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
     """HF tensor name -> (our path, layer index or None, transpose)."""
     out: dict[str, tuple[tuple[str, ...], int | None, bool]] = {}
+    shapes = _param_shapes(cfg)
     for path, (name, transpose) in _TOP_MAP.items():
-        if path == ("lm_head", "kernel") and cfg.tie_word_embeddings:
-            continue
-        out[name] = (path, None, transpose)
+        if path in shapes:
+            out[name] = (path, None, transpose)
     for path, (name, transpose) in _LAYER_MAP.items():
+        if path not in shapes:
+            continue
         for i in range(cfg.num_layers):
             out[name.format(i=i)] = (path, i, transpose)
     return out
@@ -184,12 +199,17 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
     shapes = _param_shapes(cfg)
     buffers: dict[tuple[str, ...], np.ndarray] = {}
     seen: set[str] = set()
+    tied_head: tuple[str, np.ndarray] | None = None
     for path, key, tensor in iter_hf_tensors(hf_dir):
         if key not in names:
             if key.endswith(_IGNORED_SUFFIXES):
                 continue
+            if key == "lm_head.weight" and cfg.tie_word_embeddings:
+                tied_head = (path, tensor)  # some tied checkpoints store it too; it must equal the embedding
+                continue
             tied = ", tied embeddings" if cfg.tie_word_embeddings else ""
-            raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a LlamaForCausalLM with "
+            arch = cfg.to_hf_config()["architectures"][0]
+            raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a {arch} with "
                                f"{cfg.num_layers} layers{tied})")
         if key in seen:
             raise ConvertError(f"{path}: tensor {key!r} appears twice")
@@ -213,6 +233,10 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
     if missing:
         raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, "
                            f"e.g. {missing[:3]}")
+    if tied_head is not None and not np.array_equal(np.asarray(tied_head[1], np.float32),
+                                                    np.asarray(buffers[("embed_tokens",)], np.float32)):
+        raise ConvertError(f"{tied_head[0]}: 'lm_head.weight' differs from 'model.embed_tokens.weight' but "
+                           "config.json sets tie_word_embeddings=true")
     return cfg, _nest(buffers)
 
 
@@ -228,8 +252,9 @@ def _nest(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
     return out
 
 
-def _flat_params(params: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+def _flat_params(params: dict[str, Any], cfg: LlamaConfig) -> dict[tuple[str, ...], Any]:
     out = {}
+    shapes = _param_shapes(cfg)
     for path in _TOP_MAP:
         node: Any = params
         try:
@@ -239,6 +264,8 @@ def _flat_params(params: dict[str, Any]) -> dict[tuple[str, ...], Any]:
             continue
         out[path] = node
     for path in _LAYER_MAP:
+        if path not in shapes:
+            continue
         node = params["layers"]
         for part in path:
             node = node[part]
@@ -254,7 +281,8 @@ def _hf_specs(cfg: LlamaConfig) -> list[tuple[str, tuple[str, ...], int | None, 
     shapes = _param_shapes(cfg)
     specs = [(name, path, None, t, shapes[path]) for path, (name, t) in _TOP_MAP.items() if path in shapes]
     for i in range(cfg.num_layers):
-        specs += [(name.format(i=i), path, i, t, shapes[path]) for path, (name, t) in _LAYER_MAP.items()]
+        specs += [(name.format(i=i), path, i, t, shapes[path]) for path, (name, t) in _LAYER_MAP.items()
+                  if path in shapes]
     return specs
 
 
@@ -284,7 +312,7 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         raise ConvertError(f"tokenizer {tokenizer} does not exist")
     np_dtype = DTYPES[dtype]
     itemsize = np.dtype(np_dtype).itemsize
-    flat = _flat_params(params)
+    flat = _flat_params(params, cfg)
 
     plan: list[list[tuple]] = [[]]
     shard_bytes = 0
