@@ -169,11 +169,18 @@ class Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load a sentencepiece `.model` file, or `tokenizer.model` inside a directory (HF checkpoint layout)."""
+    """Load a tokenizer: a sentencepiece `.model` file, a Hugging Face `tokenizer.json`, or a directory
+    holding either (HF checkpoint layout; `tokenizer.json` wins, as in transformers). A tokenizer.json
+    tokenizer is an `hf_tokenizer.HFTokenizer`, which has this class's interface."""
+    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer
+
     path = os.fspath(path)
+    if is_hf_tokenizer_path(path):
+        return load_hf_tokenizer(path)
     model_file = os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path
     if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"tokenizer model not found: {model_file}")
+        extra = " (nor tokenizer.json)" if os.path.isdir(path) else ""
+        raise FileNotFoundError(f"tokenizer model not found: {model_file}{extra}")
     with open(model_file, "rb") as f:
         proto = f.read()
     try:
