@@ -7,7 +7,8 @@ Import reads `config.json` and `model*.safetensors` (sharded with an index, or o
 numpy reader, tensor by tensor into preallocated stacked arrays, so peak host memory stays near one copy of
 the weights; no torch needed. `pytorch_model*.bin` is read with `torch.load(weights_only=True)` when torch
 is installed. Export writes sharded safetensors + index, config.json, generation_config.json and, with a
-tokenizer, tokenizer.model + tokenizer_config.json whose chat_template renders the vicuna_v1.1 prompt.
+tokenizer, its files (tokenizer.model, or tokenizer.json) + tokenizer_config.json whose chat_template is the
+template the model was trained with; every end-of-turn id of that template is an EOS id of the export.
 Outputs are written to a temporary directory and renamed into place, so a failure leaves nothing half-written.
 """
 
@@ -24,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data.template import Template
 from vicuna_jax.fileio import replace_dir, resolve_output_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
@@ -310,6 +312,8 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         raise ConvertError(f"{out_dir} already exists (use --overwrite to replace it)")
     if tokenizer is not None and not os.path.exists(tokenizer):
         raise ConvertError(f"tokenizer {tokenizer} does not exist")
+    if tokenizer is not None:
+        cfg = cfg.replace(extra_eos_token_ids=cfg.extra_eos_token_ids + tuple(_stop_ids(tokenizer, template)))
     np_dtype = DTYPES[dtype]
     itemsize = np.dtype(np_dtype).itemsize
     flat = _flat_params(params, cfg)
@@ -355,10 +359,21 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
     return out_dir
 
 
+def _stop_ids(tokenizer: str, template: str) -> list[int]:
+    """The tokenizer's EOS and the template's end-of-turn ids (ConvertError for an unusable pair)."""
+    from vicuna_jax.data import load_tokenizer
+    from vicuna_jax.data.chat_encode import stop_token_ids
+
+    try:
+        return stop_token_ids(load_tokenizer(tokenizer), template)
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"tokenizer {tokenizer} with template {template!r}: {e}") from None
+
+
 def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
     return {
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
+        "eos_token_id": list(cfg.eos_token_ids) if cfg.extra_eos_token_ids else cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
         "max_length": cfg.max_position_embeddings,
         "do_sample": True,
@@ -391,9 +406,19 @@ def hf_tokenizer_config(chat_template: str | None = None, model_max_length: int 
 
 def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
                        model_max_length: int = 2048) -> None:
-    """tokenizer.model + tokenizer_config.json (+ special_tokens_map.json) with our chat template."""
+    """The tokenizer's files with `template` as chat_template: tokenizer.json + tokenizer_config.json for an
+    HF tokenizer, else tokenizer.model + tokenizer_config.json (+ special_tokens_map.json)."""
+    from vicuna_jax.data.chat_encode import hf_chat_template
+    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer, save_hf_tokenizer_files
     from vicuna_jax.data.template import get_template
 
+    if is_hf_tokenizer_path(tokenizer):
+        tok = load_hf_tokenizer(tokenizer)
+        save_hf_tokenizer_files(tok, out_dir, hf_chat_template(template, tok), model_max_length)
+        return
+    if not isinstance(get_template(template), Template):
+        raise ConvertError(f"template {template!r} needs a tokenizer.json tokenizer; {tokenizer} is "
+                           "sentencepiece")
     source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
     if not os.path.isfile(source):
         raise ConvertError(f"no tokenizer.model at {tokenizer}")
@@ -421,10 +446,11 @@ def main(argv: list[str]) -> None:
     if f.from_hf:
         if not f.to_checkpoint:
             raise flags.Error("--from_hf needs --to_checkpoint")
+        from vicuna_jax.data.tokenizer import find_tokenizer_in
+
         cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
-        tok = f.tokenizer or os.path.join(f.from_hf, "tokenizer.model")
-        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite,
-                                    tokenizer_path=tok if os.path.isfile(tok) else None)
+        tok = f.tokenizer or find_tokenizer_in(os.path.abspath(f.from_hf))
+        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite, tokenizer_path=tok)
         logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
     else:
         if not f.to_hf:
@@ -446,8 +472,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("to_hf", None, "Output Hugging Face directory (with --from_checkpoint).")
     flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
                         "float16, float32.")
-    flags.DEFINE_string("tokenizer", None, "tokenizer.model (or a directory with one) to include.")
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template written into tokenizer_config.json.")
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model, tokenizer.json or a directory with one.")
+    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template written into tokenizer_config.json (a "
+                        "named template, or hf/auto: the tokenizer's own).")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 

@@ -208,13 +208,19 @@ def load_hf_tokenizer(path: str) -> HFTokenizer:
         raise ValueError(f"not a Hugging Face tokenizer.json: {json_path}: {e}") from None
 
 
-def tokenizer_config_for_export(tokenizer: HFTokenizer, chat_template: str | None,
-                                model_max_length: int) -> dict[str, Any]:
-    """tokenizer_config.json for an export: the source's, with the chat template used in training."""
+def save_hf_tokenizer_files(tokenizer: HFTokenizer, directory: str, chat_template: str | None,
+                            model_max_length: int | None = None) -> None:
+    """tokenizer.json and a tokenizer_config.json (the source's keys, its special tokens, `chat_template`
+    inline) that transformers loads to the same tokenizer; no chat_template.jinja, which would win."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, TOKENIZER_JSON), "w", encoding="utf-8") as f:
+        f.write(tokenizer._json)
     config = {k: v for k, v in tokenizer._config.items() if k != "chat_template"}
     config.update(tokenizer.special_tokens)
     config.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    config["model_max_length"] = model_max_length
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
     if chat_template is not None:
         config["chat_template"] = chat_template
-    return config
+    with open(os.path.join(directory, TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, ensure_ascii=False)

@@ -349,6 +349,15 @@ _LLAMA3_SHAPES = {
     "llama3_2_3b": dict(hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
                         rope_scaling_factor=32.0, tie_word_embeddings=True),
 }
+_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
+             num_kv_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5)
+_TINY_FAMILIES = {
+    "llama3": dict(rope_theta=500000.0, rope_type="llama3", rope_scaling_factor=8.0,
+                   rope_original_max_position_embeddings=256, tie_word_embeddings=True),
+    "mistral": dict(architecture="mistral", sliding_window=64),
+    "qwen2": dict(architecture="qwen2", rope_theta=1e6, bos_token_id=None),
+    "qwen3": dict(architecture="qwen3", head_dim=64, rope_theta=1e6, bos_token_id=None),
+}
 _QWEN3 = dict(architecture="qwen3", vocab_size=151936, head_dim=128, num_kv_heads=8,
               max_position_embeddings=40960, rope_theta=1e6, bos_token_id=None, eos_token_id=151645,
               extra_eos_token_ids=(151643,))
@@ -388,6 +397,8 @@ PRESETS: dict[str, LlamaConfig] = {
                               max_position_embeddings=32768, rope_theta=1e6, bos_token_id=None,
                               eos_token_id=151645, extra_eos_token_ids=(151643,)),
     **{name: LlamaConfig(**_QWEN3, **shape) for name, shape in _QWEN3_SHAPES.items()},
+    # Tiny versions of each family (CPU tests and demos; vocab of the bundled tokenizer).
+    **{f"tiny_{name}": LlamaConfig(**_TINY, **switches) for name, switches in _TINY_FAMILIES.items()},
     # The CPU demo: matches the bundled 4096-piece tokenizer.
     "tiny": LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_layers=4,
                         num_heads=8, num_kv_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5),

@@ -89,7 +89,7 @@ class Engine:
 
     def __init__(self, model: Llama, tokenizer: Any, *, max_batch: int = 16, decode_steps: int = 8,
                  max_seq_len: int | None = None, max_waiting: int = 256, max_prefill_tokens: int = 8192,
-                 cache_dtype: Any = None):
+                 cache_dtype: Any = None, extra_eos_ids: Sequence[int] = ()):
         if max_batch < 1 or decode_steps < 1:
             raise ValueError("max_batch and decode_steps must be >= 1")
         self.cfg = model.cfg
@@ -97,7 +97,7 @@ class Engine:
         ctx = self.cfg.max_position_embeddings
         self.context_len = min(ctx, max_seq_len) if max_seq_len else ctx
         cache_len = -(-self.context_len // CACHE_BUCKET) * CACHE_BUCKET
-        eos = [self.cfg.eos_token_id]
+        eos = [*self.cfg.eos_token_ids, *extra_eos_ids]  # extra: the chat template's end-of-turn ids
         if getattr(tokenizer, "eos_id", -1) not in (None, -1):
             eos.append(int(tokenizer.eos_id))
         self.batch = DecodeBatch(model, max_batch, cache_len, eos, cache_dtype)
@@ -135,7 +135,7 @@ class Engine:
                 self.batch.reset(*self.batch.bucket(n, length))
                 for p in prompt_lengths:
                     if p < length:
-                        self.batch.prefill(list(range(n)), [[self.cfg.bos_token_id] * p] * n)
+                        self.batch.prefill(list(range(n)), [[self.cfg.bos_token_id or 0] * p] * n)
                 self.batch.decode(RowParams.empty(self.max_batch), self.decode_steps)
         self.batch.reset()
 
