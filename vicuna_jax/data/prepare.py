@@ -177,13 +177,18 @@ def prepare_dataset(
         "tokenizer": tok.model_path,
         "builder": BUILDER_NAME,
     }
-    with open_jsonl(os.path.join(output_dir, TEMPLATE_REJECTS)) as rejected:
-        write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": key})
-    if template_rejects and not split_counts[TRAIN]["examples"]:
+    try:
+        with open_jsonl(os.path.join(output_dir, TEMPLATE_REJECTS)) as rejected:
+            write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": key})
+    except Exception:
+        empty = [s for s in wanted if not split_counts[s]["examples"]]
+        if not (template_rejects and empty):
+            raise
         counts = ", ".join(f"{r} {n}" for r, n in template_rejects.most_common())
-        raise UserError(f"{input_path}: the chat template {template!r} could not be aligned on any training "
-                        f"conversation ({counts}); see {os.path.join(output_dir, TEMPLATE_REJECTS)} and run "
-                        "`python -m vicuna_jax.data.check_template` on it")
+        raise UserError(f"{input_path}: the chat template {template!r} could not be aligned on any "
+                        f"{empty[0]} conversation ({counts}); see the reasons in "
+                        f"{os.path.join(output_dir, TEMPLATE_REJECTS)} and run `python -m "
+                        "vicuna_jax.data.check_template` on the tokenizer") from None
     meta["splits"] = {s: dict(split_counts[s]) for s in wanted}
     meta["template_rejects"] = dict(template_rejects)
     meta["num_workers"] = workers
