@@ -91,6 +91,14 @@ def test_export_carries_template_eos_and_tokenizer(trained):
     assert eot_id in (eos if isinstance(eos, list) else [eos])
     if family == "llama3":  # both of the model's own EOS ids survive
         assert set(eos) == {hf_tok.convert_tokens_to_ids("<|end_of_text|>"), eot_id}
+    # The server renders the export's template and stops at its end-of-turn token too.
+    from vicuna_jax.serve.server import load_engine
+
+    engine, tokenizer = load_engine(hf_dir, template="auto", warmup=False, max_batch=1)
+    try:
+        assert engine.batch.is_eos(eot_id)
+    finally:
+        engine.shutdown()
 
 
 def test_export_equals_checkpoint_and_greedy_output_equals_transformers(trained):

@@ -310,12 +310,12 @@ class Cleaner:
     def _detect_language(self, text: str) -> str:
         return self._langid.classify(text)[0]
 
-    def __call__(self, raws: Iterable[RawRecord], rejects: Any = None, workers: int = 1) -> Iterator[dict]:
+    def __call__(self, raws: Iterable[RawRecord], rejects: Any = None, pool: Any = None) -> Iterator[dict]:
         """Clean a stream. Each reject (reason, detail, where, id, the record or its raw text) is passed to
-        `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file. With
-        `workers` > 1 records are transformed in that many processes (same output, same order)."""
-        if workers > 1:
-            yield from self._parallel(raws, rejects, workers)
+        `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file. With a
+        `workers.WorkerPool` of several processes, records are transformed there (same output, same order)."""
+        if pool is not None and pool.workers > 1:
+            yield from self._parallel(raws, rejects, pool)
             return
         for raw in raws:
             self.report.total += 1
@@ -330,10 +330,10 @@ class Cleaner:
             yield rec
 
 
-    def _parallel(self, raws: Iterable[RawRecord], rejects: Any, workers: int) -> Iterator[dict]:
-        from vicuna_jax.data import workers as pool
+    def _parallel(self, raws: Iterable[RawRecord], rejects: Any, pool: Any) -> Iterator[dict]:
+        from vicuna_jax.data.workers import chunked, clean_chunk
 
-        chunks = pool.chunked(raws, 64)
+        chunks = chunked(raws, 64)
         tee = collections.deque()  # the raw records of the chunks in flight, for the rejects file
 
         def remember(chunks):
@@ -341,8 +341,7 @@ class Cleaner:
                 tee.append(chunk)
                 yield chunk
 
-        for results, fixes in pool.ordered_map(pool.clean_chunk, remember(chunks), workers, pool.init_clean,
-                                               (self.config,)):
+        for results, fixes in pool.map(clean_chunk, remember(chunks)):
             self.report.fixes.update(fixes)
             for raw, result in zip(tee.popleft(), results, strict=True):
                 self.report.total += 1

@@ -42,7 +42,7 @@ from vicuna_jax.data.formats import (
 from vicuna_jax.data.split import add_encoding_flags, load_encoding_inputs
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
 from vicuna_jax.data.tokenizer import Tokenizer
-from vicuna_jax.data.workers import chunked, encode_chunk, init_encode, ordered_map, resolve_workers
+from vicuna_jax.data.workers import WorkerPool, chunked, encode_chunk, resolve_workers
 from vicuna_jax.fileio import atomic_write_json
 
 # 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed; 3: HF tokenizers, Jinja templates
@@ -118,12 +118,36 @@ def prepare_dataset(
     t0 = time.time()
     workers = resolve_workers(num_workers, input_path)
 
+    meta = {"key": key, "options": options, "input": os.path.abspath(input_path), "tokenizer": tok.model_path,
+            "builder": BUILDER_NAME, "num_workers": workers}
+    encode_options = (tok, max_length, template, long_exchange)
+    with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes for every stage
+        cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, template,
+                                                     validation_fraction, seed, clean_config, pool)
+    meta["seconds"] = round(time.time() - t0, 2)
+    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
+    if verbose:
+        print(cleaner.report.table(), file=sys.stderr)
+        for reason, n in template_rejects.most_common():
+            print(f"prepare: rejected by the chat template: {reason}: {n}", file=sys.stderr)
+        for s, c in meta["splits"].items():
+            print(
+                f"prepare: {s}: {c['examples']} examples, {c['tokens']} tokens, {c['target_tokens']} targets",
+                file=sys.stderr,
+            )
+    return output_dir
+
+
+def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str, validation_fraction: float,
+                     seed: int, clean_config: CleanConfig, pool: WorkerPool) -> tuple[Cleaner, Counter]:
+    """Cleans into output_dir/cleaned.jsonl, splits, encodes and writes the tfds splits (the stages run in
+    `pool`); records the counts in `meta`. Returns the cleaner (its report) and the template rejects."""
     cleaner = Cleaner(clean_config)
     cleaned_path = os.path.join(output_dir, "cleaned.jsonl")
     rejects_path = os.path.join(output_dir, "rejects.jsonl")
     ids: list[str] = []
     with open_jsonl(rejects_path) as rejects, open_jsonl(cleaned_path) as cleaned:
-        for rec in cleaner(read_records(input_path), rejects, workers=workers):
+        for rec in cleaner(read_records(input_path), rejects, pool=pool):
             cleaned.append(rec)
             ids.append(rec["id"])
     if not ids:
@@ -135,21 +159,17 @@ def prepare_dataset(
     split_stats: Counter = Counter()
     split_counts: dict[str, Counter] = {TRAIN: Counter(), VALIDATION: Counter()}
     template_rejects: Counter = Counter()
-    encode_options = (tok, max_length, template, long_exchange)
 
     def examples(split: str):
-        def records():
+        def records():  # JSON lines, parsed in the workers; line k is the record ids[k]
             with open(cleaned_path, encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    if (rec["id"] in held_out) == (split == VALIDATION):
-                        yield rec
+                for line, rec_id in zip(f, ids, strict=True):
+                    if (rec_id in held_out) == (split == VALIDATION):
+                        yield line
 
         def gen():
             c = split_counts[split]
-            chunks = chunked(records(), 32)
-            results = ordered_map(encode_chunk, chunks, workers, init_encode, encode_options)
-            for chunk_results, stats in results:
+            for chunk_results, stats in pool.map(encode_chunk, chunked(records(), 32)):
                 if split == TRAIN:
                     split_stats.update(stats)
                 for result in chunk_results:
@@ -158,11 +178,11 @@ def prepare_dataset(
                         template_rejects[result.reason] += 1
                         rejected.append({"split": split, "reason": result.reason, "detail": result.detail})
                         continue
-                    for piece, ids_, mask in result:
+                    for piece_id, text, ids_, mask in result:
                         c["examples"] += 1
                         c["tokens"] += len(ids_)
                         c["target_tokens"] += int(mask.sum())
-                        yield piece["id"], piece, ids_, mask
+                        yield piece_id, text, ids_, mask
 
         return gen
 
@@ -170,16 +190,9 @@ def prepare_dataset(
     if len(held_out) == len(ids):
         raise UserError(f"{input_path}: all {len(ids)} usable conversations would go to the validation "
                         f"split; lower validation_fraction (now {validation_fraction})")
-    meta = {
-        "key": key,
-        "options": options,
-        "input": os.path.abspath(input_path),
-        "tokenizer": tok.model_path,
-        "builder": BUILDER_NAME,
-    }
     try:
         with open_jsonl(os.path.join(output_dir, TEMPLATE_REJECTS)) as rejected:
-            write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": key})
+            write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": meta["key"]})
     except Exception:
         empty = [s for s in wanted if not split_counts[s]["examples"]]
         if not (template_rejects and empty):
@@ -191,22 +204,9 @@ def prepare_dataset(
                         "vicuna_jax.data.check_template` on the tokenizer") from None
     meta["splits"] = {s: dict(split_counts[s]) for s in wanted}
     meta["template_rejects"] = dict(template_rejects)
-    meta["num_workers"] = workers
     meta["clean_report"] = cleaner.report.as_dict()
     meta["split_stats"] = dict(split_stats)
-    meta["seconds"] = round(time.time() - t0, 2)
-    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
-    if verbose:
-        print(cleaner.report.table(), file=sys.stderr)
-        for reason, n in template_rejects.most_common():
-            print(f"prepare: rejected by the chat template: {reason}: {n}", file=sys.stderr)
-        for s in wanted:
-            c = split_counts[s]
-            print(
-                f"prepare: {s}: {c['examples']} examples, {c['tokens']} tokens, {c['target_tokens']} targets",
-                file=sys.stderr,
-            )
-    return output_dir
+    return cleaner, template_rejects
 
 
 def _remove_previous(output_dir: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import json
 import multiprocessing
 import os
 from collections import Counter
@@ -39,44 +40,74 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def ordered_map(fn: Callable[[Any], Any], chunks: Iterable[Any], workers: int,
-                initializer: Callable[..., None], initargs: tuple, window: int = 4) -> Iterator[Any]:
-    """fn(chunk) for each chunk, in order; at most `window * workers` chunks in flight (streaming).
-    One worker runs everything in this process (no pool, no pickling)."""
-    if workers <= 1:
-        initializer(*initargs)
-        try:
+class WorkerPool:
+    """`workers` processes (spawned once, for every stage of a prepare) or, with one worker, this process.
+
+    `clean_config` and `encode_options` (tokenizer, max_length, template, long_exchange) set up each worker
+    for `clean_chunk` and `encode_chunk`. `map` streams chunks through in order, with at most
+    `window * workers` chunks in flight.
+    """
+
+    def __init__(self, workers: int, clean_config: Any = None, encode_options: tuple | None = None,
+                 window: int = 4):
+        self.workers, self.window = max(1, workers), window
+        self._setup = (clean_config, encode_options)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        if self.workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                             initargs=self._setup)
+        else:
+            _setup(*self._setup)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        _STATE.clear()
+
+    def map(self, fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
+        if self._pool is None:
             yield from map(fn, chunks)
-        finally:
-            _STATE.clear()
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(initializer, initargs)) as pool:
+            return
         pending: collections.deque = collections.deque()
         for chunk in chunks:
-            pending.append(pool.submit(fn, chunk))
-            if len(pending) >= window * workers:
+            pending.append(self._pool.submit(fn, chunk))
+            if len(pending) >= self.window * self.workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _init_worker(initializer: Callable[..., None], initargs: tuple) -> None:
+def ordered_map(fn: Callable[[Any], Any], chunks: Iterable[Any], workers: int, clean_config: Any = None,
+                encode_options: tuple | None = None) -> Iterator[Any]:
+    """fn(chunk) for each chunk, in order, in a pool of its own (see `WorkerPool`)."""
+    with WorkerPool(workers, clean_config, encode_options) as pool:
+        yield from pool.map(fn, chunks)
+
+
+def _init_worker(clean_config: Any, encode_options: tuple | None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the workers are the parallelism
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
-    initializer(*initargs)
+    _setup(clean_config, encode_options)
+
+
+def _setup(clean_config: Any, encode_options: tuple | None) -> None:
+    if clean_config is not None:
+        import dataclasses
+
+        from vicuna_jax.data.clean import Cleaner
+
+        _STATE["cleaner"] = Cleaner(dataclasses.replace(clean_config, dedup=False))
+    if encode_options is not None:
+        tokenizer, max_length, template, long_exchange = encode_options
+        _STATE.update(tokenizer=tokenizer, max_length=max_length, template=template,
+                      long_exchange=long_exchange)
 
 
 # ------------------------------------------------------------------ cleaning
-
-
-def init_clean(config) -> None:
-    import dataclasses
-
-    from vicuna_jax.data.clean import Cleaner
-
-    _STATE["cleaner"] = Cleaner(dataclasses.replace(config, dedup=False))
 
 
 def clean_chunk(raws: list) -> tuple[list, Counter]:
@@ -97,12 +128,9 @@ def clean_chunk(raws: list) -> tuple[list, Counter]:
 # ------------------------------------------------------------------ encoding
 
 
-def init_encode(tokenizer, max_length: int, template: str, long_exchange: str) -> None:
-    _STATE.update(tokenizer=tokenizer, max_length=max_length, template=template, long_exchange=long_exchange)
-
-
-def encode_chunk(records: list[dict]) -> tuple[list, Counter]:
-    """(per record: its encoded pieces or the AlignmentError that rejected it, split statistics).
+def encode_chunk(records: list[dict | str]) -> tuple[list, Counter]:
+    """(per record: its pieces (id, conversations as JSON text, input_ids, loss_mask) or the AlignmentError
+    that rejected it, split statistics). Records may be JSON lines.
 
     Whole conversations are encoded in one batched tokenizer call; only those longer than `max_length` are
     split (and re-encoded piece by piece)."""
@@ -112,14 +140,18 @@ def encode_chunk(records: list[dict]) -> tuple[list, Counter]:
 
     s = _STATE
     stats: Counter = Counter()
+    records = [json.loads(r) if isinstance(r, str) else r for r in records]
     whole = encode_conversations([r["conversations"] for r in records], s["tokenizer"], s["template"])
     out: list = []
     for record, encoded in zip(records, whole, strict=True):
         try:
             if isinstance(encoded, Exception):
                 raise encoded
-            out.append(split_and_encode(record, s["tokenizer"], s["max_length"], s["template"],
-                                        s["long_exchange"], stats, encoded=encoded))
+            pieces = split_and_encode(record, s["tokenizer"], s["max_length"], s["template"],
+                                      s["long_exchange"], stats, encoded=encoded)
+            # The stored text is made here too: JSON encoding is work the main process need not do.
+            out.append([(p["id"], json.dumps(p["conversations"], ensure_ascii=False), ids, mask)
+                        for p, ids, mask in pieces])
         except AlignmentError as e:
             out.append(e)
     return out, stats
