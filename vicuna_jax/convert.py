@@ -473,8 +473,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
                         "float16, float32.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, tokenizer.json or a directory with one.")
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template written into tokenizer_config.json (a "
-                        "named template, or hf/auto: the tokenizer's own).")
+    flags.DEFINE_string("template", "auto", "Chat template written into tokenizer_config.json: a named "
+                        "template, hf (the tokenizer's own) or auto (its own if any, else vicuna_v1.1).")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 

@@ -99,3 +99,10 @@ def test_a_template_that_rejects_everything_is_an_error(tmp_path):
     with pytest.raises(UserError, match=r"aligned on any train conversation \(template_error 5\)"):
         prepare_dataset(str(raw), str(tmp_path / "d"), tokenizer=path, template="hf", validation_fraction=0.0,
                         num_workers=1, verbose=False)
+
+
+def test_a_dataset_prepared_by_an_older_version_is_named(tmp_path):
+    (tmp_path / "old" / "vicuna_chat" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "old" / "meta.json").write_text(json.dumps({"splits": {"train": {"examples": 3}}}))
+    with pytest.raises(FileNotFoundError, match=r"prepared by an older vicuna_jax .*prepare it again"):
+        PreparedDataset(str(tmp_path / "old"))

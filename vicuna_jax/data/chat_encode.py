@@ -127,8 +127,8 @@ class JinjaChat:
     def encode(self, messages: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32, loss_mask bool): the ids of `apply_chat_template(messages)` and the reply targets."""
         full, replies, starts = self._render_replies(messages)
-        ids, offsets = self.tokenizer.encode_with_specials([full])[0]
-        return ids, self._align(messages, full, replies, starts, offsets)
+        ids, encoding = self.tokenizer.encode_with_specials([full])[0]
+        return ids, self._align(messages, full, replies, starts, encoding)
 
     def encode_many(self, conversations: Sequence[Sequence[Mapping] | ValueError]
                     ) -> list[tuple[np.ndarray, np.ndarray] | ValueError]:
@@ -148,9 +148,9 @@ class JinjaChat:
             if isinstance(r, ValueError):
                 out.append(r)
                 continue
-            ids, offsets = next(encoded)
+            ids, encoding = next(encoded)
             try:
-                out.append((ids, self._align(r[0], r[1], r[2], r[3], offsets)))
+                out.append((ids, self._align(r[0], r[1], r[2], r[3], encoding)))
             except AlignmentError as e:
                 out.append(e)
         return out
@@ -181,7 +181,7 @@ class JinjaChat:
         return full, replies, starts
 
     def _align(self, messages: Sequence[Mapping], full: str, replies: list[int], starts: list[int],
-               offsets: np.ndarray) -> np.ndarray:
+               encoding) -> np.ndarray:
         """The loss mask: tokens overlapping [reply start, end of its end-of-turn token), after the checks."""
         targets = []
         for j, (k, start) in enumerate(zip(replies, starts, strict=True)):
@@ -193,11 +193,32 @@ class JinjaChat:
             if tail not in full[start:eot.start()]:
                 raise AlignmentError("reply_not_found", f"message {k}'s text is not between its start and "
                                      "its end-of-turn token")
-            if np.any((offsets[:, 0] < start) & (offsets[:, 1] > start)):
-                raise AlignmentError("reply_start_inside_token", f"a token spans the prompt and the start of "
-                                     f"message {k}")
             targets.append((start, eot.end()))
-        return overlap_mask(offsets, targets)
+        # The tokens of each span from the encoding's character index (no [N, 2] offsets array to build);
+        # a span edge on a character no token covers falls back to transformers' rule on all offsets.
+        mask = np.zeros((len(encoding.ids),), bool)
+        for k, (start, end) in zip(replies, targets, strict=True):
+            first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+            if first is None or last is None:
+                return _checked_overlap_mask(np.asarray(encoding.offsets, np.int64).reshape(-1, 2), targets,
+                                             replies)
+            if encoding.token_to_chars(first)[0] != start:
+                raise _straddle(k)
+            mask[first:last + 1] = True
+        return mask
+
+
+def _straddle(k: int) -> AlignmentError:
+    return AlignmentError("reply_start_inside_token", f"a token spans the prompt and the start of "
+                          f"message {k}")
+
+
+def _checked_overlap_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]], replies: list[int]
+                          ) -> np.ndarray:
+    for k, (start, _) in zip(replies, spans, strict=True):
+        if np.any((offsets[:, 0] < start) & (offsets[:, 1] > start)):
+            raise _straddle(k)
+    return overlap_mask(offsets, spans)
 
 
 def overlap_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:

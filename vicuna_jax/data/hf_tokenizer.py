@@ -135,13 +135,12 @@ class HFTokenizer:
         """Exactly `AutoTokenizer(text, add_special_tokens=...)["input_ids"]`."""
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def encode_with_specials(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """For rendered chat-template text: (ids, [N, 2] *character* offsets) per text, special-token strings
-        split out as their ids and nothing added (what `apply_chat_template` tokenizes)."""
-        out = []
-        for e in self._tok.encode_batch(list(texts), add_special_tokens=False):
-            out.append((np.asarray(e.ids, np.int32), np.asarray(e.offsets, np.int64).reshape(-1, 2)))
-        return out
+    def encode_with_specials(self, texts: Sequence[str]) -> list[tuple[np.ndarray, Any]]:
+        """For rendered chat-template text: (ids, the `tokenizers.Encoding`, whose *character* offsets,
+        `char_to_token` and `token_to_chars` place each token) per text, special-token strings split out as
+        their ids and nothing added (what `apply_chat_template` tokenizes)."""
+        return [(np.asarray(e.ids, np.int32), e)
+                for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of `ids` without special tokens (HF `decode(skip_special_tokens=True)`)."""

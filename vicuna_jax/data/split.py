@@ -79,8 +79,12 @@ def split_and_encode(
         base = len(encode([])[0])
     except AlignmentError:  # a Jinja template that cannot render no messages (Qwen's reads messages[0])
         base = 0  # then each exchange's estimate also counts the prefix: pieces are cut conservatively
-    eos = np.flatnonzero(ids == tokenizer.eos_id)  # only template-placed EOS ids exist (text is plain text)
-    ends_in_eos = isinstance(template, Template) and any(p.special for p in template.assistant_suffix)
+    if isinstance(template, Template):
+        eos = np.flatnonzero(ids == tokenizer.eos_id)  # only the template places EOS ids (text is plain)
+        ends_in_eos = any(p.special for p in template.assistant_suffix)
+    else:  # a Jinja template: each reply's targets end with its end-of-turn token
+        eos = np.flatnonzero(np.isin(ids, template.end_of_turn_ids) & mask)
+        ends_in_eos = True
     if len(eos) == len(exchanges) and ends_in_eos:
         # Each exchange ends at its EOS: read the costs off the whole encoding instead of re-encoding.
         ends = np.concatenate([[base - 1], eos])
