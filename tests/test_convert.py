@@ -169,7 +169,7 @@ def test_unsupported_architecture_is_named(hf_dir, tmp_path):
     path = _copy(hf_dir, tmp_path)
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
-    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"])
+    cfg.update(model_type="gemma", architectures=["GemmaForCausalLM"])
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
     with pytest.raises(ConvertError, match=r"config.json: unsupported architecture"):

@@ -88,12 +88,15 @@ def resolve_checkpoint_dir(path: str) -> str:
 
 
 def find_tokenizer(checkpoint_dir: str) -> str | None:
-    """A tokenizer.model stored with the checkpoint, next to it, or in the training workdir above it."""
+    """A tokenizer (tokenizer.model, or an HF tokenizer in `tokenizer/`) stored with the checkpoint, next to
+    it, or in the training workdir above it."""
+    from vicuna_jax.data.tokenizer import TOKENIZER_DIR, find_tokenizer_in
+
     here = os.path.abspath(checkpoint_dir)
     for _ in range(4):
-        candidate = os.path.join(here, TOKENIZER_FILE)
-        if os.path.isfile(candidate):
-            return candidate
+        stored = (os.path.join(here, TOKENIZER_DIR), os.path.join(here, TOKENIZER_FILE))
+        if os.path.isdir(stored[0]) or os.path.isfile(stored[1]):
+            return find_tokenizer_in(here)
         here = os.path.dirname(here)
     return None
 
@@ -115,7 +118,9 @@ def save_model(directory: str, params: Any, cfg: LlamaConfig, *, tokenizer_path:
         CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
     }))
     if tokenizer_path:
-        shutil.copyfile(tokenizer_path, os.path.join(tmp, TOKENIZER_FILE))
+        from vicuna_jax.data.tokenizer import copy_tokenizer
+
+        copy_tokenizer(tokenizer_path, tmp)
     replace_dir(tmp, directory)
     return directory
 

@@ -1,4 +1,4 @@
-"""Hugging Face interop: LlamaForCausalLM directories <-> vicuna_jax parameters and checkpoints.
+"""Hugging Face interop: Llama/Mistral/Qwen2/Qwen3ForCausalLM directories <-> vicuna_jax params, checkpoints.
 
     python -m vicuna_jax.convert --from_hf=DIR --to_checkpoint=DIR [--dtype=auto]
     python -m vicuna_jax.convert --from_checkpoint=DIR --to_hf=DIR [--dtype=bfloat16] [--tokenizer=PATH]
@@ -7,7 +7,8 @@ Import reads `config.json` and `model*.safetensors` (sharded with an index, or o
 numpy reader, tensor by tensor into preallocated stacked arrays, so peak host memory stays near one copy of
 the weights; no torch needed. `pytorch_model*.bin` is read with `torch.load(weights_only=True)` when torch
 is installed. Export writes sharded safetensors + index, config.json, generation_config.json and, with a
-tokenizer, tokenizer.model + tokenizer_config.json whose chat_template renders the vicuna_v1.1 prompt.
+tokenizer, its files (tokenizer.model, or tokenizer.json) + tokenizer_config.json whose chat_template is the
+template the model was trained with; every end-of-turn id of that template is an EOS id of the export.
 Outputs are written to a temporary directory and renamed into place, so a failure leaves nothing half-written.
 """
 
@@ -24,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data.template import Template
 from vicuna_jax.fileio import replace_dir, resolve_output_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
@@ -38,6 +40,12 @@ _LAYER_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
     ("mlp", "gate_proj", "kernel"): ("model.layers.{i}.mlp.gate_proj.weight", True),
     ("mlp", "up_proj", "kernel"): ("model.layers.{i}.mlp.up_proj.weight", True),
     ("mlp", "down_proj", "kernel"): ("model.layers.{i}.mlp.down_proj.weight", True),
+    # Present only when the architecture has them (LlamaConfig.qkv_bias / qk_norm).
+    ("self_attn", "q_proj", "bias"): ("model.layers.{i}.self_attn.q_proj.bias", False),
+    ("self_attn", "k_proj", "bias"): ("model.layers.{i}.self_attn.k_proj.bias", False),
+    ("self_attn", "v_proj", "bias"): ("model.layers.{i}.self_attn.v_proj.bias", False),
+    ("self_attn", "q_norm", "scale"): ("model.layers.{i}.self_attn.q_norm.weight", False),
+    ("self_attn", "k_norm", "scale"): ("model.layers.{i}.self_attn.k_norm.weight", False),
 }
 _TOP_MAP: dict[tuple[str, ...], tuple[str, bool]] = {
     ("embed_tokens",): ("model.embed_tokens.weight", False),
@@ -72,17 +80,26 @@ def _param_shapes(cfg: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     }
     if not cfg.tie_word_embeddings:
         shapes[("lm_head", "kernel")] = (v, e)
+    if cfg.qkv_bias:
+        shapes[("self_attn", "q_proj", "bias")] = (cfg.num_heads * hd,)
+        shapes[("self_attn", "k_proj", "bias")] = (cfg.num_kv_heads * hd,)
+        shapes[("self_attn", "v_proj", "bias")] = (cfg.num_kv_heads * hd,)
+    if cfg.qk_norm:
+        shapes[("self_attn", "q_norm", "scale")] = (hd,)
+        shapes[("self_attn", "k_norm", "scale")] = (hd,)
     return shapes
 
 
 def hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], int | None, bool]]:
     """HF tensor name -> (our path, layer index or None, transpose)."""
     out: dict[str, tuple[tuple[str, ...], int | None, bool]] = {}
+    shapes = _param_shapes(cfg)
     for path, (name, transpose) in _TOP_MAP.items():
-        if path == ("lm_head", "kernel") and cfg.tie_word_embeddings:
-            continue
-        out[name] = (path, None, transpose)
+        if path in shapes:
+            out[name] = (path, None, transpose)
     for path, (name, transpose) in _LAYER_MAP.items():
+        if path not in shapes:
+            continue
         for i in range(cfg.num_layers):
             out[name.format(i=i)] = (path, i, transpose)
     return out
@@ -184,12 +201,17 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
     shapes = _param_shapes(cfg)
     buffers: dict[tuple[str, ...], np.ndarray] = {}
     seen: set[str] = set()
+    tied_head: tuple[str, np.ndarray] | None = None
     for path, key, tensor in iter_hf_tensors(hf_dir):
         if key not in names:
             if key.endswith(_IGNORED_SUFFIXES):
                 continue
+            if key == "lm_head.weight" and cfg.tie_word_embeddings:
+                tied_head = (path, tensor)  # some tied checkpoints store it too; it must equal the embedding
+                continue
             tied = ", tied embeddings" if cfg.tie_word_embeddings else ""
-            raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a LlamaForCausalLM with "
+            arch = cfg.to_hf_config()["architectures"][0]
+            raise ConvertError(f"{path}: unexpected tensor {key!r} (not part of a {arch} with "
                                f"{cfg.num_layers} layers{tied})")
         if key in seen:
             raise ConvertError(f"{path}: tensor {key!r} appears twice")
@@ -213,6 +235,10 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
     if missing:
         raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, "
                            f"e.g. {missing[:3]}")
+    if tied_head is not None and not np.array_equal(np.asarray(tied_head[1], np.float32),
+                                                    np.asarray(buffers[("embed_tokens",)], np.float32)):
+        raise ConvertError(f"{tied_head[0]}: 'lm_head.weight' differs from 'model.embed_tokens.weight' but "
+                           "config.json sets tie_word_embeddings=true")
     return cfg, _nest(buffers)
 
 
@@ -228,8 +254,9 @@ def _nest(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
     return out
 
 
-def _flat_params(params: dict[str, Any]) -> dict[tuple[str, ...], Any]:
+def _flat_params(params: dict[str, Any], cfg: LlamaConfig) -> dict[tuple[str, ...], Any]:
     out = {}
+    shapes = _param_shapes(cfg)
     for path in _TOP_MAP:
         node: Any = params
         try:
@@ -239,6 +266,8 @@ def _flat_params(params: dict[str, Any]) -> dict[tuple[str, ...], Any]:
             continue
         out[path] = node
     for path in _LAYER_MAP:
+        if path not in shapes:
+            continue
         node = params["layers"]
         for part in path:
             node = node[part]
@@ -254,7 +283,8 @@ def _hf_specs(cfg: LlamaConfig) -> list[tuple[str, tuple[str, ...], int | None, 
     shapes = _param_shapes(cfg)
     specs = [(name, path, None, t, shapes[path]) for path, (name, t) in _TOP_MAP.items() if path in shapes]
     for i in range(cfg.num_layers):
-        specs += [(name.format(i=i), path, i, t, shapes[path]) for path, (name, t) in _LAYER_MAP.items()]
+        specs += [(name.format(i=i), path, i, t, shapes[path]) for path, (name, t) in _LAYER_MAP.items()
+                  if path in shapes]
     return specs
 
 
@@ -282,9 +312,11 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         raise ConvertError(f"{out_dir} already exists (use --overwrite to replace it)")
     if tokenizer is not None and not os.path.exists(tokenizer):
         raise ConvertError(f"tokenizer {tokenizer} does not exist")
+    if tokenizer is not None:
+        cfg = cfg.replace(extra_eos_token_ids=cfg.extra_eos_token_ids + tuple(_stop_ids(tokenizer, template)))
     np_dtype = DTYPES[dtype]
     itemsize = np.dtype(np_dtype).itemsize
-    flat = _flat_params(params)
+    flat = _flat_params(params, cfg)
 
     plan: list[list[tuple]] = [[]]
     shard_bytes = 0
@@ -327,10 +359,21 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
     return out_dir
 
 
+def _stop_ids(tokenizer: str, template: str) -> list[int]:
+    """The tokenizer's EOS and the template's end-of-turn ids (ConvertError for an unusable pair)."""
+    from vicuna_jax.data import load_tokenizer
+    from vicuna_jax.data.chat_encode import stop_token_ids
+
+    try:
+        return stop_token_ids(load_tokenizer(tokenizer), template)
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"tokenizer {tokenizer} with template {template!r}: {e}") from None
+
+
 def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
     return {
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
+        "eos_token_id": list(cfg.eos_token_ids) if cfg.extra_eos_token_ids else cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id if cfg.pad_token_id is not None else 0,
         "max_length": cfg.max_position_embeddings,
         "do_sample": True,
@@ -363,9 +406,19 @@ def hf_tokenizer_config(chat_template: str | None = None, model_max_length: int 
 
 def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
                        model_max_length: int = 2048) -> None:
-    """tokenizer.model + tokenizer_config.json (+ special_tokens_map.json) with our chat template."""
+    """The tokenizer's files with `template` as chat_template: tokenizer.json + tokenizer_config.json for an
+    HF tokenizer, else tokenizer.model + tokenizer_config.json (+ special_tokens_map.json)."""
+    from vicuna_jax.data.chat_encode import hf_chat_template
+    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer, save_hf_tokenizer_files
     from vicuna_jax.data.template import get_template
 
+    if is_hf_tokenizer_path(tokenizer):
+        tok = load_hf_tokenizer(tokenizer)
+        save_hf_tokenizer_files(tok, out_dir, hf_chat_template(template, tok), model_max_length)
+        return
+    if not isinstance(get_template(template), Template):
+        raise ConvertError(f"template {template!r} needs a tokenizer.json tokenizer; {tokenizer} is "
+                           "sentencepiece")
     source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
     if not os.path.isfile(source):
         raise ConvertError(f"no tokenizer.model at {tokenizer}")
@@ -393,10 +446,11 @@ def main(argv: list[str]) -> None:
     if f.from_hf:
         if not f.to_checkpoint:
             raise flags.Error("--from_hf needs --to_checkpoint")
+        from vicuna_jax.data.tokenizer import find_tokenizer_in
+
         cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
-        tok = f.tokenizer or os.path.join(f.from_hf, "tokenizer.model")
-        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite,
-                                    tokenizer_path=tok if os.path.isfile(tok) else None)
+        tok = f.tokenizer or find_tokenizer_in(os.path.abspath(f.from_hf))
+        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite, tokenizer_path=tok)
         logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
     else:
         if not f.to_hf:
@@ -418,8 +472,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("to_hf", None, "Output Hugging Face directory (with --from_checkpoint).")
     flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
                         "float16, float32.")
-    flags.DEFINE_string("tokenizer", None, "tokenizer.model (or a directory with one) to include.")
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template written into tokenizer_config.json.")
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model, tokenizer.json or a directory with one.")
+    flags.DEFINE_string("template", "auto", "Chat template written into tokenizer_config.json: a named "
+                        "template, hf (the tokenizer's own) or auto (its own if any, else vicuna_v1.1).")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 

@@ -172,14 +172,23 @@ class Generator:
 
 
 def load_generator(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                   chunk: int = 16) -> Generator:
+                   chunk: int = 16, template: str | None = None) -> Generator:
+    """The model and its tokenizer; generation stops at the model's EOS ids and, given the chat `template`,
+    at its end-of-turn tokens (`data.chat_encode.stop_token_ids`)."""
     from vicuna_jax.data import load_tokenizer
+    from vicuna_jax.data.chat_encode import stop_token_ids
     from vicuna_jax.model.load import load_model
 
-    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    model, cfg, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
     if tok_path is None:
-        raise UserError(f"no tokenizer.model found with {model_path}; pass --tokenizer")
-    return Generator(model, load_tokenizer(tok_path), chunk=chunk)
+        raise UserError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
+                        "pass --tokenizer")
+    tok = load_tokenizer(tok_path)
+    try:
+        stops = stop_token_ids(tok, template)
+    except ValueError as e:
+        raise UserError(f"--template: {e}") from None
+    return Generator(model, tok, eos_token_ids=[*cfg.eos_token_ids, *stops], chunk=chunk)
 
 
 def prompt_ids(tokenizer: Any, text: str, template: str, system: str | None = None) -> list[int]:
@@ -205,7 +214,7 @@ def main(argv: list[str]) -> None:
                                 top_k=f.top_k, seed=f.seed, stop_strings=stops + tuple(f.stop or ()))
     except ValueError as e:
         raise UserError(str(e)) from None
-    gen = load_generator(f.model, f.tokenizer, f.dtype)
+    gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template)
     ids = prompt_ids(gen.tokenizer, f.prompt, f.template, f.system)
     if len(ids) >= gen.cfg.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens; the model's context is "
@@ -227,9 +236,11 @@ def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, tem
     main = {"module_name": sys.argv[0]}
     flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True,
                         **main)
-    flags.DEFINE_string("template", "vicuna_v1.1", template_help, **main)
+    flags.DEFINE_string("template", "auto", template_help + " auto: the model's own chat template (in its "
+                        "tokenizer_config.json) when it has one, else vicuna_v1.1.", **main)
     flags.DEFINE_string("system", None, "System message (template default when unset).", **main)
-    flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.", **main)
+    flags.DEFINE_string("tokenizer", None, "tokenizer.model or tokenizer.json, when the model directory has "
+                        "none.", **main)
     flags.DEFINE_integer("max_new_tokens", max_new_tokens, "Most tokens to generate per reply.", **main)
     flags.DEFINE_float("temperature", temperature, "0 = greedy.", **main)
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.", **main)

@@ -15,6 +15,7 @@ in which nothing survives is an error (exit 2) that lists the reject counts.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import os
@@ -67,6 +68,9 @@ class Rejected(Exception):
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+    def __reduce__(self):  # workers send these back to the main process
+        return Rejected, (self.reason, self.detail)
 
 
 @dataclass
@@ -175,6 +179,10 @@ class Cleaner:
 
     def clean_one(self, raw: RawRecord) -> dict:
         """The cleaned record, or raise Rejected. Counts fixes on the report."""
+        return self.deduplicate(self.transform(raw))
+
+    def transform(self, raw: RawRecord) -> dict:
+        """`clean_one` without de-duplication (what worker processes run; see `workers.py`)."""
         if raw.error:
             raise Rejected(raw.reason, raw.error)
         try:
@@ -189,18 +197,25 @@ class Cleaner:
                 system, kept = self._clean_messages(messages, limit.check)
         except RecordTimeout:
             raise Rejected("too_slow", f"cleaning took over {self.config.max_record_seconds:g} s") from None
-        if self.config.dedup:
-            if rec_id in self._seen_ids:
-                raise Rejected("duplicate_id", f"id {rec_id!r} seen before")
-            key = hashlib.sha1((_norm(kept[0][0]) + "\x00" + _norm(kept[0][1])).encode()).digest()
-            if key in self._seen_exchanges:
-                raise Rejected("duplicate_exchange", "first exchange seen before")
-            self._seen_ids.add(rec_id)
-            self._seen_exchanges.add(key)
         convo = [{"from": SYSTEM, "value": system}] if system else []
         for q, a in kept:
             convo += [{"from": HUMAN, "value": q}, {"from": GPT, "value": a}]
         return {"id": rec_id, "conversations": convo}
+
+    def deduplicate(self, rec: dict) -> dict:
+        """`rec`, or raise Rejected when its id or its first exchange was seen before (in stream order)."""
+        if not self.config.dedup:
+            return rec
+        rec_id, convo = rec["id"], rec["conversations"]
+        if rec_id in self._seen_ids:
+            raise Rejected("duplicate_id", f"id {rec_id!r} seen before")
+        first = convo[1:3] if convo[0]["from"] == SYSTEM else convo[0:2]
+        key = hashlib.sha1((_norm(first[0]["value"]) + "\x00" + _norm(first[1]["value"])).encode()).digest()
+        if key in self._seen_exchanges:
+            raise Rejected("duplicate_exchange", "first exchange seen before")
+        self._seen_ids.add(rec_id)
+        self._seen_exchanges.add(key)
+        return rec
 
     def _read_turns(self, turns: list) -> list[tuple[str, str]]:
         """(role, raw text) per turn, after the structure, role and size checks."""
@@ -295,9 +310,13 @@ class Cleaner:
     def _detect_language(self, text: str) -> str:
         return self._langid.classify(text)[0]
 
-    def __call__(self, raws: Iterable[RawRecord], rejects: Any = None) -> Iterator[dict]:
+    def __call__(self, raws: Iterable[RawRecord], rejects: Any = None, pool: Any = None) -> Iterator[dict]:
         """Clean a stream. Each reject (reason, detail, where, id, the record or its raw text) is passed to
-        `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file."""
+        `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file. With a
+        `workers.WorkerPool` of several processes, records are transformed there (same output, same order)."""
+        if pool is not None and pool.workers > 1:
+            yield from self._parallel(raws, rejects, pool)
+            return
         for raw in raws:
             self.report.total += 1
             try:
@@ -309,6 +328,34 @@ class Cleaner:
                 continue
             self.report.kept += 1
             yield rec
+
+
+    def _parallel(self, raws: Iterable[RawRecord], rejects: Any, pool: Any) -> Iterator[dict]:
+        from vicuna_jax.data.workers import chunked, clean_chunk
+
+        chunks = chunked(raws, 64)
+        tee = collections.deque()  # the raw records of the chunks in flight, for the rejects file
+
+        def remember(chunks):
+            for chunk in chunks:
+                tee.append(chunk)
+                yield chunk
+
+        for results, fixes in pool.map(clean_chunk, remember(chunks)):
+            self.report.fixes.update(fixes)
+            for raw, result in zip(tee.popleft(), results, strict=True):
+                self.report.total += 1
+                try:
+                    if isinstance(result, Rejected):
+                        raise result
+                    rec = self.deduplicate(result)
+                except Rejected as r:
+                    self.report.rejected[r.reason] += 1
+                    if rejects is not None:
+                        _append_reject(rejects, raw, r)
+                    continue
+                self.report.kept += 1
+                yield rec
 
 
 def _append_reject(rejects: Any, raw: RawRecord, r: Rejected) -> None:

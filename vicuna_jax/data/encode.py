@@ -14,28 +14,39 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vicuna_jax.data.template import BOS, USER, Part, Template, get_template, normalize_turns
+from vicuna_jax.data.chat_encode import JinjaChat, chat_for, messages_for
+from vicuna_jax.data.chat_template import JinjaTemplate
+from vicuna_jax.data.template import BOS, USER, Part, Template, normalize_turns
 from vicuna_jax.data.tokenizer import Tokenizer
 
 
 def encode_parts(
     parts: Sequence[Part], tokenizer: Tokenizer, bos: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize rendered Parts: specials become their ids, the text between them one sentencepiece call."""
+    """Tokenize rendered Parts: specials become their ids, the text between them one tokenizer call."""
+    chunks, specials = _split_at_specials(parts)
+    encoded = tokenizer.encode_batch_with_offsets(["".join(p.text for p in chunk) for chunk in chunks])
+    return _assemble(chunks, specials, encoded, tokenizer, bos)
+
+
+def _split_at_specials(parts: Sequence[Part]) -> tuple[list[list[Part]], list[Part]]:
+    """The text chunks between special tokens, and the specials (specials[k] follows chunks[k])."""
     chunks: list[list[Part]] = [[]]
-    specials: list[Part] = []  # specials[k] follows chunks[k]
+    specials: list[Part] = []
     for p in parts:
         if p.special:
             specials.append(p)
             chunks.append([])
         else:
             chunks[-1].append(p)
-    texts = ["".join(p.text for p in chunk) for chunk in chunks]
-    encoded = tokenizer.encode_batch_with_offsets(texts)
+    return chunks, specials
 
+
+def _assemble(chunks: list[list[Part]], specials: list[Part], encoded: Sequence, tokenizer: Tokenizer,
+              bos: bool) -> tuple[np.ndarray, np.ndarray]:
     ids_out: list[np.ndarray] = []
     mask_out: list[np.ndarray] = []
-    if bos:
+    if bos and tokenizer.bos_id is not None:  # (Qwen's tokenizers have no BOS)
         ids_out.append(np.array([tokenizer.bos_id], np.int32))
         mask_out.append(np.zeros((1,), bool))
     for k, chunk in enumerate(chunks):
@@ -70,25 +81,67 @@ def encode_conversation(
     turns: Iterable[Mapping],
     tokenizer: Tokenizer,
     max_length: int | None = None,
-    template: str | Template = "vicuna_v1.1",
+    template: str | Template | JinjaTemplate | JinjaChat = "vicuna_v1.1",
     system: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids int32, loss_mask bool) of a conversation; loss_mask[i] iff token i is a training target.
 
-    Targets are each assistant reply's tokens and the template's end-of-reply tokens (EOS for vicuna_v1.1).
-    `max_length` keeps the earliest tokens. Raises ValueError for unknown roles or non-alternating turns.
+    Targets are each assistant reply's tokens and the template's end-of-reply tokens (EOS for vicuna_v1.1,
+    the end-of-turn token of a Jinja template: see `chat_encode`). `max_length` keeps the earliest tokens.
+    Raises ValueError for unknown roles or non-alternating turns, `chat_encode.AlignmentError` (a ValueError
+    with a `reason`) for a conversation a Jinja template cannot be aligned on.
     """
-    parts = get_template(template).parts(turns, system=system)
-    ids, mask = encode_parts(parts, tokenizer)
+    chat = chat_for(template, tokenizer)
+    if isinstance(chat, JinjaChat):
+        ids, mask = chat.encode(messages_for(turns, system))
+    else:
+        ids, mask = encode_parts(chat.parts(turns, system=system), tokenizer)
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return ids, mask
 
 
+def encode_conversations(
+    conversations: Sequence[Iterable[Mapping]],
+    tokenizer: Tokenizer,
+    template: str | Template | JinjaTemplate | JinjaChat = "vicuna_v1.1",
+) -> list[tuple[np.ndarray, np.ndarray] | ValueError]:
+    """`encode_conversation` for many conversations with one tokenizer call for all of them (the Rust
+    tokenizer batches them); a conversation that cannot be encoded gives its ValueError in its place."""
+    chat = chat_for(template, tokenizer)
+    if isinstance(chat, JinjaChat):
+        messages: list = []
+        for turns in conversations:
+            try:
+                messages.append(messages_for(turns))
+            except ValueError as e:
+                messages.append(e)
+        return chat.encode_many(messages)
+    plans: list = []
+    texts: list[str] = []
+    for turns in conversations:
+        try:
+            chunks, specials = _split_at_specials(chat.parts(turns))
+        except ValueError as e:
+            plans.append(e)
+            continue
+        plans.append((chunks, specials, len(texts)))
+        texts += ["".join(p.text for p in chunk) for chunk in chunks]
+    encoded = tokenizer.encode_batch_with_offsets(texts)
+    out: list = []
+    for plan in plans:
+        if isinstance(plan, ValueError):
+            out.append(plan)
+            continue
+        chunks, specials, first = plan
+        out.append(_assemble(chunks, specials, encoded[first:first + len(chunks)], tokenizer, True))
+    return out
+
+
 def encode_prompt(
     turns: Iterable[Mapping],
     tokenizer: Tokenizer,
-    template: str | Template = "vicuna_v1.1",
+    template: str | Template | JinjaTemplate | JinjaChat = "vicuna_v1.1",
     system: str | None = None,
 ) -> list[int]:
     """Generation-prompt ids for a conversation whose last turn is the user's.
@@ -101,6 +154,8 @@ def encode_prompt(
     if not messages or messages[-1][0] != USER:
         got = messages[-1][0] if messages else "no messages"
         raise ValueError(f"encode_prompt needs a conversation ending with a user turn (got {got})")
-    parts = get_template(template).parts(turns, system=system, add_generation_prompt=True)
-    ids, _ = encode_parts(parts, tokenizer)
+    chat = chat_for(template, tokenizer)
+    if isinstance(chat, JinjaChat):
+        return chat.prompt_ids(messages_for(turns, system))
+    ids, _ = encode_parts(chat.parts(turns, system=system, add_generation_prompt=True), tokenizer)
     return ids.tolist()

@@ -1,7 +1,8 @@
 """Raw ShareGPT -> cleaned -> split -> tokenized tfds dataset, in one command (or one call), cached.
 
-    python -m vicuna_jax.data.prepare --input=raw.json --output_dir=DIR --tokenizer=tokenizer.model \
-        [--max_length=2048] [--template=vicuna_v1.1] [--validation_fraction=0.02] [clean flags]
+    python -m vicuna_jax.data.prepare --input=raw.json --output_dir=DIR --tokenizer=tokenizer.model|HF_DIR \
+        [--max_length=2048] [--template=vicuna_v1.1|hf|llama-3|chatml|mistral] [--validation_fraction=0.02] \
+        [--num_workers=0] [clean flags]
 
 The held-out split is chosen per original conversation (by a seeded hash of its id) before long conversations
 are split, so pieces of one conversation never end up on both sides. `DIR/meta.json` records a key over the
@@ -9,6 +10,11 @@ input bytes, the tokenizer fingerprint and every option; a later call with the s
 `meta["splits"][split]["examples"]` is the number of training examples (pieces) in each split written, and
 `["conversations"]` the number of cleaned conversations they came from. Input with no usable conversation, or
 whose every conversation would be held out, is a UserError naming the file and the reject counts.
+
+A conversation a Jinja chat template cannot be aligned on (see `chat_encode`) is skipped and counted by reason
+in `meta["template_rejects"]` and `DIR/template_rejects.jsonl`; never trained on unmasked. Cleaning and
+encoding run in `num_workers` processes (0 = every core for inputs over 4 MB; see `workers.py`); the result
+does not depend on the number.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 from collections import Counter
 
 from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.data.chat_encode import AlignmentError
 from vicuna_jax.data.clean import CleanConfig, Cleaner, add_clean_flags, config_from_flags
 from vicuna_jax.data.formats import (
     check_input_file,
@@ -32,13 +39,16 @@ from vicuna_jax.data.formats import (
     os_error_message,
     read_records,
 )
-from vicuna_jax.data.split import add_encoding_flags, load_encoding_inputs, split_and_encode
+from vicuna_jax.data.split import add_encoding_flags, load_encoding_inputs
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
 from vicuna_jax.data.tokenizer import Tokenizer
+from vicuna_jax.data.workers import WorkerPool, chunked, encode_chunk, resolve_workers
 from vicuna_jax.fileio import atomic_write_json
 
-PIPELINE_VERSION = 2  # 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed
+# 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed; 3: HF tokenizers, Jinja templates
+PIPELINE_VERSION = 3
 TRAIN, VALIDATION = "train", "validation"
+TEMPLATE_REJECTS = "template_rejects.jsonl"
 
 
 def bundled_sample_path() -> str:
@@ -73,6 +83,7 @@ def prepare_dataset(
     long_exchange: str = "truncate",
     force: bool = False,
     verbose: bool = True,
+    num_workers: int = 0,
 ) -> str:
     """Prepare (or reuse) a dataset; returns `output_dir`, ready for `loader.make_train_iterator`.
 
@@ -105,13 +116,38 @@ def prepare_dataset(
     check_output_dir(output_dir)
     _remove_previous(output_dir)
     t0 = time.time()
+    workers = resolve_workers(num_workers, input_path)
 
+    meta = {"key": key, "options": options, "input": os.path.abspath(input_path), "tokenizer": tok.model_path,
+            "builder": BUILDER_NAME, "num_workers": workers}
+    encode_options = (tok, max_length, template, long_exchange)
+    with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes for every stage
+        cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, template,
+                                                     validation_fraction, seed, clean_config, pool)
+    meta["seconds"] = round(time.time() - t0, 2)
+    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
+    if verbose:
+        print(cleaner.report.table(), file=sys.stderr)
+        for reason, n in template_rejects.most_common():
+            print(f"prepare: rejected by the chat template: {reason}: {n}", file=sys.stderr)
+        for s, c in meta["splits"].items():
+            print(
+                f"prepare: {s}: {c['examples']} examples, {c['tokens']} tokens, {c['target_tokens']} targets",
+                file=sys.stderr,
+            )
+    return output_dir
+
+
+def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str, validation_fraction: float,
+                     seed: int, clean_config: CleanConfig, pool: WorkerPool) -> tuple[Cleaner, Counter]:
+    """Cleans into output_dir/cleaned.jsonl, splits, encodes and writes the tfds splits (the stages run in
+    `pool`); records the counts in `meta`. Returns the cleaner (its report) and the template rejects."""
     cleaner = Cleaner(clean_config)
     cleaned_path = os.path.join(output_dir, "cleaned.jsonl")
     rejects_path = os.path.join(output_dir, "rejects.jsonl")
     ids: list[str] = []
     with open_jsonl(rejects_path) as rejects, open_jsonl(cleaned_path) as cleaned:
-        for rec in cleaner(read_records(input_path), rejects):
+        for rec in cleaner(read_records(input_path), rejects, pool=pool):
             cleaned.append(rec)
             ids.append(rec["id"])
     if not ids:
@@ -122,23 +158,31 @@ def prepare_dataset(
 
     split_stats: Counter = Counter()
     split_counts: dict[str, Counter] = {TRAIN: Counter(), VALIDATION: Counter()}
+    template_rejects: Counter = Counter()
 
     def examples(split: str):
-        def gen():
+        def records():  # JSON lines, parsed in the workers; line k is the record ids[k]
             with open(cleaned_path, encoding="utf-8") as f:
-                for line in f:
-                    rec = json.loads(line)
-                    if (rec["id"] in held_out) != (split == VALIDATION):
-                        continue
-                    c = split_counts[split]
+                for line, rec_id in zip(f, ids, strict=True):
+                    if (rec_id in held_out) == (split == VALIDATION):
+                        yield line
+
+        def gen():
+            c = split_counts[split]
+            for chunk_results, stats in pool.map(encode_chunk, chunked(records(), 32)):
+                if split == TRAIN:
+                    split_stats.update(stats)
+                for result in chunk_results:
                     c["conversations"] += 1
-                    for piece, ids_, mask in split_and_encode(
-                        rec, tok, max_length, template, long_exchange, split_stats if split == TRAIN else None
-                    ):
+                    if isinstance(result, AlignmentError):
+                        template_rejects[result.reason] += 1
+                        rejected.append({"split": split, "reason": result.reason, "detail": result.detail})
+                        continue
+                    for piece_id, text, ids_, mask in result:
                         c["examples"] += 1
                         c["tokens"] += len(ids_)
                         c["target_tokens"] += int(mask.sum())
-                        yield piece["id"], piece, ids_, mask
+                        yield piece_id, text, ids_, mask
 
         return gen
 
@@ -146,28 +190,23 @@ def prepare_dataset(
     if len(held_out) == len(ids):
         raise UserError(f"{input_path}: all {len(ids)} usable conversations would go to the validation "
                         f"split; lower validation_fraction (now {validation_fraction})")
-    meta = {
-        "key": key,
-        "options": options,
-        "input": os.path.abspath(input_path),
-        "tokenizer": tok.model_path,
-        "builder": BUILDER_NAME,
-    }
-    write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": key})
+    try:
+        with open_jsonl(os.path.join(output_dir, TEMPLATE_REJECTS)) as rejected:
+            write_dataset(output_dir, {s: examples(s) for s in wanted}, metadata={"key": meta["key"]})
+    except Exception:
+        empty = [s for s in wanted if not split_counts[s]["examples"]]
+        if not (template_rejects and empty):
+            raise
+        counts = ", ".join(f"{r} {n}" for r, n in template_rejects.most_common())
+        raise UserError(f"{input_path}: the chat template {template!r} could not be aligned on any "
+                        f"{empty[0]} conversation ({counts}); see the reasons in "
+                        f"{os.path.join(output_dir, TEMPLATE_REJECTS)} and run `python -m "
+                        "vicuna_jax.data.check_template` on the tokenizer") from None
     meta["splits"] = {s: dict(split_counts[s]) for s in wanted}
+    meta["template_rejects"] = dict(template_rejects)
     meta["clean_report"] = cleaner.report.as_dict()
     meta["split_stats"] = dict(split_stats)
-    meta["seconds"] = round(time.time() - t0, 2)
-    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
-    if verbose:
-        print(cleaner.report.table(), file=sys.stderr)
-        for s in wanted:
-            c = split_counts[s]
-            print(
-                f"prepare: {s}: {c['examples']} examples, {c['tokens']} tokens, {c['target_tokens']} targets",
-                file=sys.stderr,
-            )
-    return output_dir
+    return cleaner, template_rejects
 
 
 def _remove_previous(output_dir: str) -> None:
@@ -176,6 +215,7 @@ def _remove_previous(output_dir: str) -> None:
         META_FILE,
         "cleaned.jsonl",
         "rejects.jsonl",
+        TEMPLATE_REJECTS,
         f"lengths_{TRAIN}.npy",
         f"lengths_{VALIDATION}.npy",
     ):
@@ -193,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--validation_fraction", type=float, default=0.02)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rebuild even if the cached dataset matches")
+    ap.add_argument("--num_workers", type=int, default=0,
+                    help="processes for cleaning and encoding (0 = every core for inputs over 4 MB, else 1)")
     add_clean_flags(ap)
     args = ap.parse_args(argv)
     try:
@@ -200,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             args.input, args.output_dir, tokenizer=args.tokenizer, max_length=args.max_length,
             template=args.template, validation_fraction=args.validation_fraction, seed=args.seed,
             clean_config=config_from_flags(args), long_exchange=args.long_exchange, force=args.force,
+            num_workers=args.num_workers,
         )  # fmt: skip
     except OSError as e:
         raise UserError(os_error_message(e)) from None

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.data.chat_encode import AlignmentError, chat_for
 from vicuna_jax.data.encode import encode_conversation
 from vicuna_jax.data.formats import (
     RawRecord,
@@ -48,8 +49,10 @@ def split_and_encode(
     template: str | Template = "vicuna_v1.1",
     long_exchange: str = "truncate",
     stats: Counter | None = None,
+    encoded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Encoded]:
     """Pieces of `record` that fit, each with its (input_ids, loss_mask) truncated to `max_length`.
+    `encoded`: the whole record's encoding when the caller already has it (batched encoding).
 
     Greedy: exchanges are added to the current piece while the encoded piece fits. Lengths are estimated by
     summing per-exchange token counts and every piece is verified by encoding it, so the result is exact.
@@ -57,9 +60,11 @@ def split_and_encode(
     if long_exchange not in ("truncate", "drop"):
         raise ValueError(f"long_exchange must be 'truncate' or 'drop', got {long_exchange!r}")
     stats = stats if stats is not None else Counter()
-    template = get_template(template)
+    template = chat_for(template, tokenizer)
     system, messages = normalize_turns(record["conversations"])
-    ids, mask = encode_conversation(record["conversations"], tokenizer, template=template)
+    if encoded is None:
+        encoded = encode_conversation(record["conversations"], tokenizer, template=template)
+    ids, mask = encoded
     if len(ids) <= max_length:
         return [(record, ids, mask)]
     if len(messages) % 2:
@@ -70,9 +75,17 @@ def split_and_encode(
     def encode(exs: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
         return encode_conversation(_record("", system, exs)["conversations"], tokenizer, template=template)
 
-    base = len(encode([])[0])
-    eos = np.flatnonzero(ids == tokenizer.eos_id)  # only template-placed EOS ids exist (text is plain text)
-    if len(eos) == len(exchanges) and any(p.special for p in template.assistant_suffix):
+    try:
+        base = len(encode([])[0])
+    except AlignmentError:  # a Jinja template that cannot render no messages (Qwen's reads messages[0])
+        base = 0  # then each exchange's estimate also counts the prefix: pieces are cut conservatively
+    if isinstance(template, Template):
+        eos = np.flatnonzero(ids == tokenizer.eos_id)  # only the template places EOS ids (text is plain)
+        ends_in_eos = any(p.special for p in template.assistant_suffix)
+    else:  # a Jinja template: each reply's targets end with its end-of-turn token
+        eos = np.flatnonzero(np.isin(ids, template.end_of_turn_ids) & mask)
+        ends_in_eos = True
+    if len(eos) == len(exchanges) and ends_in_eos:
         # Each exchange ends at its EOS: read the costs off the whole encoding instead of re-encoding.
         ends = np.concatenate([[base - 1], eos])
         cost = np.diff(ends).tolist()
@@ -132,12 +145,18 @@ def load_encoding_inputs(tokenizer: str | Tokenizer, template: str | Template) -
         get_template(template)
     except ValueError as e:
         raise UserError(f"--template: {e}") from None
-    if isinstance(tokenizer, Tokenizer):
-        return tokenizer
+    if not isinstance(tokenizer, str | os.PathLike):
+        tok = tokenizer
+    else:
+        try:
+            tok = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--tokenizer: {e}") from None
     try:
-        return load_tokenizer(tokenizer)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--tokenizer: {e}") from None
+        chat_for(template, tok)  # a Jinja template must render, have an end-of-turn token, fit the tokenizer
+    except ValueError as e:
+        raise UserError(f"--template: {e}") from None
+    return tok
 
 
 def split_file(

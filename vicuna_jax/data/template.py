@@ -12,6 +12,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vicuna_jax.data.chat_template import JINJA_TEMPLATE_NAMES, JinjaTemplate
+
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
 
 # ShareGPT `from` values seen in the wild, and OpenAI `role` values.
@@ -156,7 +158,7 @@ class Template:
             "{%- set system = messages[0]['content'] -%}{%- set loop_messages = messages[1:] -%}"
             f"{{%- else -%}}{{%- set system = {q(self.system_message)} -%}}"
             "{%- set loop_messages = messages -%}{%- endif -%}"
-            + ("{{- bos_token -}}" if bos else "")
+            + ("{%- if bos_token -%}{{- bos_token -}}{%- endif -%}" if bos else "")
             + f"{{%- if system -%}}{{{{- {q(sys_pre)} + system + {q(sys_post)} -}}}}"
             f"{{%- else -%}}{{{{- {q(empty)} -}}}}{{%- endif -%}}"
             "{%- for message in loop_messages -%}"
@@ -243,15 +245,20 @@ register_template(Template(
 ))  # fmt: skip
 
 
-def get_template(name: str | Template) -> Template:
-    """Look up a template by name (a Template passes through)."""
-    if isinstance(name, Template):
+def get_template(name: str | Template | JinjaTemplate) -> Template | JinjaTemplate:
+    """Look up a template by name (a Template passes through). `hf`, `auto`, `llama-3`, `chatml` and `mistral`
+    are Jinja templates (`JinjaTemplate`), bound to a tokenizer by `chat_encode.chat_for`."""
+    if isinstance(name, Template | JinjaTemplate):
         return name
+    if name in JINJA_TEMPLATE_NAMES:
+        return JinjaTemplate(name)
     try:
         return _TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown chat template {name!r}; known: {', '.join(sorted(_TEMPLATES))}") from None
+        known = ", ".join([*template_names(), *JINJA_TEMPLATE_NAMES])
+        raise ValueError(f"unknown chat template {name!r}; known: {known}") from None
 
 
 def template_names() -> list[str]:
+    """The Part-based templates (Jinja ones: `chat_template.JINJA_TEMPLATE_NAMES`)."""
     return sorted(_TEMPLATES)

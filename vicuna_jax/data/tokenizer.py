@@ -169,17 +169,55 @@ class Tokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Load a sentencepiece `.model` file, or `tokenizer.model` inside a directory (HF checkpoint layout)."""
+    """Load a tokenizer: a sentencepiece `.model` file, a Hugging Face `tokenizer.json`, or a directory
+    holding either (HF checkpoint layout; `tokenizer.json` wins, as in transformers). A tokenizer.json
+    tokenizer is an `hf_tokenizer.HFTokenizer`, which has this class's interface."""
+    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer
+
     path = os.fspath(path)
+    if is_hf_tokenizer_path(path):
+        return load_hf_tokenizer(path)
     model_file = os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path
     if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"tokenizer model not found: {model_file}")
+        extra = " (nor tokenizer.json)" if os.path.isdir(path) else ""
+        raise FileNotFoundError(f"tokenizer model not found: {model_file}{extra}")
     with open(model_file, "rb") as f:
         proto = f.read()
     try:
         return Tokenizer(proto, model_path=os.path.abspath(model_file))
     except (RuntimeError, OSError) as e:
         raise ValueError(f"not a sentencepiece model: {model_file}: {e}") from e
+
+
+TOKENIZER_DIR = "tokenizer"  # where a checkpoint or workdir keeps an HF tokenizer (tokenizer.json + config)
+
+
+def find_tokenizer_in(directory: str) -> str | None:
+    """The tokenizer stored in `directory`: itself when it holds tokenizer.json, its `tokenizer/` folder,
+    or its tokenizer.model; None if there is none."""
+    for candidate in (directory, os.path.join(directory, TOKENIZER_DIR)):
+        if os.path.isfile(os.path.join(candidate, "tokenizer.json")):
+            return candidate
+    model = os.path.join(directory, "tokenizer.model")
+    return model if os.path.isfile(model) else None
+
+
+def copy_tokenizer(path: str, directory: str, chat_template: str | None = None) -> str:
+    """Stores the tokenizer at `path` in `directory` (tokenizer.model, or an HF tokenizer in `tokenizer/`,
+    its tokenizer_config.json carrying `chat_template` when given); returns the stored path."""
+    import shutil
+
+    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer, save_hf_tokenizer_files
+
+    if is_hf_tokenizer_path(path):
+        out = os.path.join(directory, TOKENIZER_DIR)
+        tok = load_hf_tokenizer(path)
+        save_hf_tokenizer_files(tok, out, chat_template or tok.chat_template)
+        return out
+    source = os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path
+    out = os.path.join(directory, "tokenizer.model")
+    shutil.copyfile(source, out)
+    return out
 
 
 def bundled_tokenizer_path() -> str:

@@ -29,11 +29,12 @@ def tokens_until_stop(tokenizer: Any, ids: Sequence[int], stops: Sequence[str], 
     return len(ids)
 
 
-def resolve_eos_ids(cfg: Any, tokenizer: Any = None, eos_token_ids: Sequence[int] | None = None
-                    ) -> tuple[int, ...]:
-    """The token ids that end a sequence: `eos_token_ids` when given, else the model config's EOS id; plus
-    the tokenizer's EOS id when it has one."""
-    eos = list(eos_token_ids) if eos_token_ids is not None else [cfg.eos_token_id]
+def resolve_eos_ids(cfg: Any, tokenizer: Any = None, eos_token_ids: Sequence[int] | None = None,
+                    extra: Sequence[int] = ()) -> tuple[int, ...]:
+    """The token ids that end a sequence: `eos_token_ids` when given, else every EOS id of the model config
+    (Llama-3 has several); plus `extra` (the chat template's end-of-turn ids) and the tokenizer's EOS id."""
+    eos = list(eos_token_ids) if eos_token_ids is not None else list(cfg.eos_token_ids)
+    eos += [int(t) for t in extra]
     if tokenizer is not None and getattr(tokenizer, "eos_id", None) not in (None, -1):
         eos.append(int(tokenizer.eos_id))
     return tuple(sorted({int(t) for t in eos}))

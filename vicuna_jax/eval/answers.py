@@ -350,7 +350,7 @@ def main(argv: list[str]) -> None:
         def answerer() -> LocalAnswerer:
             from vicuna_jax.generate import load_generator
 
-            gen = load_generator(f.model, f.tokenizer, f.dtype)
+            gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template)
             logging.info("model %s: context %d tokens, template %s", f.model, gen.cfg.max_position_embeddings,
                          f.template)
             return LocalAnswerer(gen, template=f.template, system=f.system,
@@ -375,7 +375,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("question_file", None, "Questions jsonl, FastChat or older Vicuna format "
                         "(default: the bundled sample questions).")
     flags.DEFINE_string("answer_file", None, "Answers jsonl; rows already there are skipped.", required=True)
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template of the local model.")
+    flags.DEFINE_string("template", "auto", "Chat template of the local model (auto: its own when its "
+                        "tokenizer has one, else vicuna_v1.1).")
     flags.DEFINE_string("system", None, "System message. Unset: the chat template's default (local models) "
                         f"or FastChat's '{API_SYSTEM_MESSAGE}' (--openai_model); --system= sends none.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")

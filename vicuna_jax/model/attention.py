@@ -4,8 +4,9 @@ Shapes use suffixes: B batch, T query length, S key length, H query heads, K key
 query heads per key/value head (GQA), D head dim.
 
 `attention` is causal self-attention over a batch that may be packed: `segment_ids` (0 = padding) keep
-tokens of different conversations from attending to each other. `cached_attention` is the decode path
-against a KV cache with an explicit boolean mask.
+tokens of different conversations from attending to each other; an optional sliding `window` (Mistral) lets
+each query see only itself and the `window - 1` keys before it (HF: `kv_idx > q_idx - window`).
+`cached_attention` is the decode path against a KV cache with an explicit boolean mask.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ def masked_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.
     return _grouped_output(probs, v_BxSxKxD).astype(q_BxTxHxD.dtype)
 
 
-def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: int) -> jax.Array:
-    """[B, T, T] mask: causal, and within the same non-padding segment when segment ids are given."""
+def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: int,
+                        window: int | None = None) -> jax.Array:
+    """[B, T, T] mask: causal (within `window` when given), and within the same non-padding segment when
+    segment ids are given. Segments are contiguous, so row distances are distances within a segment."""
     idx = jnp.arange(length)
     causal_TxT = idx[:, None] >= idx[None, :]
+    if window is not None:
+        causal_TxT &= idx[:, None] - idx[None, :] < window
     if segment_ids_BxT is None:
         return jnp.broadcast_to(causal_TxT, (batch, length, length))
     same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
@@ -77,10 +82,11 @@ def causal_segment_mask(segment_ids_BxT: jax.Array | None, batch: int, length: i
 
 
 def xla_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
-                  segment_ids_BxT: jax.Array | None = None) -> jax.Array:
-    """The reference backend: causal (+ segment) masked attention in plain XLA ops."""
+                  segment_ids_BxT: jax.Array | None = None, window: int | None = None) -> jax.Array:
+    """The reference backend: causal (+ segment, + sliding window) masked attention in plain XLA ops."""
     b, t = q_BxTxHxD.shape[:2]
-    return masked_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, causal_segment_mask(segment_ids_BxT, b, t))
+    mask_BxTxT = causal_segment_mask(segment_ids_BxT, b, t, window)
+    return masked_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT)
 
 
 # --- backend selection --------------------------------------------------------------------------------------
@@ -141,8 +147,12 @@ def _cudnn_device_error(head_dim: int) -> str | None:
     return None
 
 
-def unavailable_reason(backend: str, dtype: jnp.dtype, head_dim: int) -> str | None:
-    """Why `backend` cannot run for these inputs on the current platform, or None if it can."""
+def unavailable_reason(backend: str, dtype: jnp.dtype, head_dim: int, window: int | None = None,
+                       length: int = 0) -> str | None:
+    """Why `backend` cannot run for these inputs on the current platform, or None if it can.
+
+    A sliding `window` shorter than the sequence `length` is supported by xla, cuDNN and splash (TPU); the
+    Pallas GPU kernel has no window, so it is refused for it (a window >= length changes nothing)."""
     platform = _platform()
     if backend == "xla":
         return None
@@ -156,6 +166,9 @@ def unavailable_reason(backend: str, dtype: jnp.dtype, head_dim: int) -> str | N
         return _cudnn_device_error(head_dim)
     if backend == "pallas":
         if platform == "gpu":
+            if window is not None and window < length:
+                return (f"the Pallas GPU kernel has no sliding window (window {window} < sequence length "
+                        f"{length})")
             if head_dim > 256:
                 return f"the Pallas GPU kernel supports head dim <= 256, got {head_dim}"
             return _kernel_import_error(kernels.PALLAS_GPU_MODULE)
@@ -165,14 +178,15 @@ def unavailable_reason(backend: str, dtype: jnp.dtype, head_dim: int) -> str | N
     raise ValueError(f"unknown attention backend {backend!r}")
 
 
-def resolve_backend(impl: str, dtype: jnp.dtype, head_dim: int) -> str:
+def resolve_backend(impl: str, dtype: jnp.dtype, head_dim: int, window: int | None = None,
+                    length: int = 0) -> str:
     """The backend `attention` runs for `impl`: "auto" picks by platform (TPU: pallas splash; GPU: cudnn, else
     pallas; CPU: xla) and logs a warning with the reason for every fallback; a named backend that cannot run
     raises ValueError instead of silently falling back."""
     if impl not in BACKENDS:
         raise ValueError(f"attention impl must be one of {BACKENDS}, got {impl!r}")
     if impl != "auto":
-        reason = unavailable_reason(impl, dtype, head_dim)
+        reason = unavailable_reason(impl, dtype, head_dim, window, length)
         if reason is not None:
             raise ValueError(f"attention impl={impl!r} cannot run here: {reason}. "
                              "Use impl='auto' (picks a supported backend) or 'xla'.")
@@ -182,7 +196,7 @@ def resolve_backend(impl: str, dtype: jnp.dtype, head_dim: int) -> str:
     skipped: list[str] = []
     chosen = "xla"
     for backend in preferred:
-        reason = unavailable_reason(backend, dtype, head_dim)
+        reason = unavailable_reason(backend, dtype, head_dim, window, length)
         if reason is None:
             chosen = backend
             break
@@ -253,26 +267,28 @@ def _sharded(kernel: Kernel, q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxK
 
 # --- the interface ------------------------------------------------------------------------------------------
 
-def _kernel_for(backend: str) -> Kernel:
+def _kernel_for(backend: str, window: int | None = None) -> Kernel:
     platform = _platform()
     interpret = _SIMULATED_PLATFORM.get() is not None
     if backend == "cudnn":
-        return kernels.cudnn_attention
-    if backend == "pallas" and platform == "gpu":
+        return lambda q, k, v, s: kernels.cudnn_attention(q, k, v, s, window=window)
+    if backend == "pallas" and platform == "gpu":  # no window: resolve_backend refused a short one
         return lambda q, k, v, s: kernels.pallas_gpu_attention(q, k, v, s, interpret=interpret)
     if backend == "pallas" and platform == "tpu":
-        return lambda q, k, v, s: kernels.pallas_tpu_attention(q, k, v, s, interpret=interpret)
+        return lambda q, k, v, s: kernels.pallas_tpu_attention(q, k, v, s, interpret=interpret, window=window)
     raise AssertionError(f"no kernel for {backend!r} on {platform!r}")  # resolve_backend rules this out
 
 
 def attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
-              segment_ids_BxT: jax.Array | None = None, *, impl: str = "xla") -> jax.Array:
+              segment_ids_BxT: jax.Array | None = None, *, impl: str = "xla",
+              window: int | None = None) -> jax.Array:
     """Causal self-attention over a possibly packed batch.
 
     Args:
       q_BxTxHxD, k_BxTxKxD, v_BxTxKxD: queries, keys, values; K divides H (GQA).
       segment_ids_BxT: int ids, 0 = padding; tokens attend only within their own segment. None = one segment.
       impl: one of BACKENDS; see `resolve_backend`. Fused backends run under `shard_map` when a mesh is set.
+      window: sliding attention window (None = full causal attention).
 
     Returns:
       [B, T, H, D] in q's dtype; padding queries are zeros.
@@ -280,21 +296,25 @@ def attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
     h, d = q_BxTxHxD.shape[2:]
     if h % k_BxTxKxD.shape[2]:
         raise ValueError(f"kv heads ({k_BxTxKxD.shape[2]}) must divide query heads ({h})")
-    backend = resolve_backend(impl, q_BxTxHxD.dtype, d)
-    if backend == "xla":
-        return xla_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
+    t = q_BxTxHxD.shape[1]
+    if window is not None and window >= t:
+        window = None  # every key of the sequence is inside the window: plain causal attention
+    backend = resolve_backend(impl, q_BxTxHxD.dtype, d, window, t)
     args = (q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
+    if backend == "xla":
+        return xla_attention(*args, window=window)
     if impl == "auto" and backend == "cudnn":
         # cuDNN's own checks (version, shape support) run at trace time; under "auto" they fall back too.
         try:
-            return _sharded(_kernel_for("cudnn"), *args)
+            return _sharded(_kernel_for("cudnn", window), *args)
         except (NotImplementedError, RuntimeError) as e:
-            fallback = "pallas" if unavailable_reason("pallas", q_BxTxHxD.dtype, d) is None else "xla"
+            usable = unavailable_reason("pallas", q_BxTxHxD.dtype, d, window, t) is None
+            fallback = "pallas" if usable else "xla"
             _warn_once(f"attention 'auto': cuDNN rejected these inputs ({e}); using {fallback!r}.")
             if fallback == "xla":
-                return xla_attention(*args)
+                return xla_attention(*args, window=window)
             backend = fallback
-    return _sharded(_kernel_for(backend), *args)
+    return _sharded(_kernel_for(backend, window), *args)
 
 
 def cached_attention(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,

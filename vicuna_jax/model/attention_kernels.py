@@ -58,7 +58,8 @@ def _finish(out_BxTpxHxD: jax.Array, segment_ids_BxT: jax.Array | None, length: 
 # --- cuDNN --------------------------------------------------------------------------------------------------
 
 def cudnn_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
-                    segment_ids_BxT: jax.Array | None, *, implementation: str = "cudnn") -> jax.Array:
+                    segment_ids_BxT: jax.Array | None, *, implementation: str = "cudnn",
+                    window: int | None = None) -> jax.Array:
     """cuDNN flash attention through `jax.nn.dot_product_attention` (GQA is native there).
 
     jax 0.10's public API has no segment ids, so packed rows become a boolean same-segment mask [B, 1, T, T]
@@ -67,6 +68,7 @@ def cudnn_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.A
     `q_offsets`/`kv_offsets` in jax._src, avoids the mask but is private API, Hopper-only, and needs a static
     bound M on segments per row: its softmax-stat residual is [B*M, H, T] and segments beyond M are lost.)
 
+    A sliding `window` is cuDNN's `local_window_size=(window - 1, 0)`: query i sees keys i-window+1 .. i.
     `implementation="xla"` runs the same wrapper through XLA so CPU tests can check the mask logic.
     """
     t = q_BxTxHxD.shape[1]
@@ -77,7 +79,8 @@ def cudnn_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.A
     if segment_ids_BxT is not None:
         seg_BxT = _pad_time(segment_ids_BxT, t_pad)
         mask_Bx1xTxT = (seg_BxT[:, :, None] == seg_BxT[:, None, :])[:, None]
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxT, is_causal=True,
+    local = (window - 1, 0) if window is not None else None
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxT, is_causal=True, local_window_size=local,
                                        scale=q.shape[-1] ** -0.5, implementation=implementation)
     return _finish(out, segment_ids_BxT, t, q_BxTxHxD.dtype)
 
@@ -134,12 +137,17 @@ def tpu_block_size(length: int, head_dim: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool):
-    """Builds (once per shape) the causal splash kernel; mask preprocessing is numpy work at trace time."""
+def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool, window: int | None = None):
+    """Builds (once per shape) the causal (or causal sliding-window) splash kernel; mask preprocessing is
+    numpy work at trace time; blocks entirely outside the window are skipped like those above the diagonal."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
-    mask = splash_mask.MultiHeadMask([splash_mask.CausalMask((length, length))] * num_heads)
+    if window is None:
+        head_mask = splash_mask.CausalMask((length, length))
+    else:
+        head_mask = splash_mask.LocalMask((length, length), window_size=(window - 1, 0), offset=0)
+    mask = splash_mask.MultiHeadMask([head_mask] * num_heads)
     block_sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                                     block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                                     block_q_dq=block, block_kv_dq=block)
@@ -152,7 +160,7 @@ def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool):
 
 def pallas_tpu_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,
                          segment_ids_BxT: jax.Array | None, *, interpret: bool = False,
-                         block: int | None = None) -> jax.Array:
+                         block: int | None = None, window: int | None = None) -> jax.Array:
     """Splash attention: static causal mask (fully masked blocks skipped) and dynamic `SegmentIds`.
 
     GQA is native: the MHA splash kernel maps query head h to K/V head h // G in forward and backward, so K/V
@@ -167,7 +175,7 @@ def pallas_tpu_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: 
     q_BxTxHxD = q_BxTxHxD * jnp.asarray(d**-0.5, q_BxTxHxD.dtype)
     q_BxHxTxD, k_BxKxTxD, v_BxKxTxD = (
         jnp.swapaxes(_pad_time(x, t_pad), 1, 2) for x in (q_BxTxHxD, k_BxTxKxD, v_BxTxKxD))
-    kernel = _splash_kernel(t_pad, h, block, interpret)
+    kernel = _splash_kernel(t_pad, h, block, interpret, window)
     if segment_ids_BxT is None:
         out_BxHxTxD = jax.vmap(kernel)(q_BxHxTxD, k_BxKxTxD, v_BxKxTxD)
     else:

@@ -1,8 +1,17 @@
-"""Typed LLaMA architecture config: presets and Hugging Face `config.json` conversion.
+"""Typed architecture config for the LLaMA family of decoders: presets and Hugging Face `config.json`.
 
 `LlamaConfig` holds only what defines the network (what HF's config.json holds). How the network is run
 (compute dtype, scan, remat, attention backend) is chosen when the model is built, so one checkpoint can be
 run many ways.
+
+One network covers four HF architectures; `architecture` names the HF class and implies its switches:
+
+| architecture | HF class             | differs from LLaMA by                                         |
+|--------------|----------------------|---------------------------------------------------------------|
+| `llama`      | `LlamaForCausalLM`   | (LLaMA-1/2/3.x: RoPE `default`, `linear` or `llama3` scaling)  |
+| `mistral`    | `MistralForCausalLM` | sliding-window attention (`sliding_window`, None = full)      |
+| `qwen2`      | `Qwen2ForCausalLM`   | biases on the q/k/v projections                                |
+| `qwen3`      | `Qwen3ForCausalLM`   | per-head RMSNorm on q and k before RoPE, explicit `head_dim`   |
 """
 
 from __future__ import annotations
@@ -19,10 +28,17 @@ class ConfigError(UserError):
     """A config value is missing, unsupported or inconsistent; the message names the key."""
 
 
+# architecture -> HF `architectures[0]` (the HF `model_type` is the architecture name itself).
+HF_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+              "qwen3": "Qwen3ForCausalLM"}
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """LLaMA-1/2 architecture. Field names follow the paper/HF meaning; see `from_hf_config` for the keys."""
+    """A LLaMA-family decoder. Field names follow the paper/HF meaning; see `from_hf_config` for the keys."""
 
+    architecture: str = "llama"  # a key of HF_CLASSES
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -32,16 +48,34 @@ class LlamaConfig:
     head_dim: int | None = None  # None: hidden_size // num_heads.
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
-    rope_scaling_factor: float = 1.0  # linear position interpolation: positions are divided by this.
+    rope_type: str = "default"  # default | linear (positions / factor) | llama3 (per-frequency scaling)
+    rope_scaling_factor: float = 1.0  # linear: positions are divided by this; llama3: `factor`.
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_position_embeddings: int = 8192  # llama3 only
+    sliding_window: int | None = None  # each token sees itself and the previous sliding_window - 1 tokens
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    bos_token_id: int = 1
+    bos_token_id: int | None = 1
     eos_token_id: int = 2
+    extra_eos_token_ids: tuple[int, ...] = ()  # more ids that end generation (Llama-3's <|eot_id|>, ...)
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.architecture not in HF_CLASSES:
+            raise ConfigError(f"architecture must be one of {sorted(HF_CLASSES)}, got {self.architecture!r}")
+        if self.rope_type == "default" and self.rope_scaling_factor != 1.0:
+            object.__setattr__(self, "rope_type", "linear")  # configs written before rope_type existed
+        if self.rope_type not in ROPE_TYPES:
+            raise ConfigError(f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+        object.__setattr__(self, "extra_eos_token_ids", tuple(
+            i for i in dict.fromkeys(int(i) for i in self.extra_eos_token_ids) if i != self.eos_token_id))
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                                or self.sliding_window <= 0):
+            raise ConfigError(f"sliding_window must be a positive integer or None, got "
+                              f"{self.sliding_window!r}")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                     "num_kv_heads", "max_position_embeddings"):
             value = getattr(self, key)
@@ -65,6 +99,21 @@ class LlamaConfig:
     def dim_per_head(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
 
+    @property
+    def qkv_bias(self) -> bool:
+        """Biases on the q/k/v projections (Qwen2)."""
+        return self.architecture == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        """Per-head RMSNorm on queries and keys before RoPE (Qwen3)."""
+        return self.architecture == "qwen3"
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: `eos_token_id` first."""
+        return (self.eos_token_id, *self.extra_eos_token_ids)
+
     def replace(self, **changes: Any) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 
@@ -74,6 +123,8 @@ class LlamaConfig:
         hd = self.dim_per_head
         attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
         per_layer = attn + 3 * d * f + 2 * d
+        per_layer += (self.num_heads + 2 * self.num_kv_heads) * hd if self.qkv_bias else 0
+        per_layer += 2 * hd if self.qk_norm else 0
         head = 0 if self.tie_word_embeddings else d * v
         return v * d + self.num_layers * per_layer + d + head
 
@@ -102,16 +153,20 @@ class LlamaConfig:
         if not isinstance(hf, dict):
             raise ConfigError(f"{source}: must hold a JSON object (a model config), got "
                               f"{json.dumps(hf)[:40]}")
-        archs = hf.get("architectures") or ["LlamaForCausalLM"]
         model_type = hf.get("model_type", "llama")
-        if model_type != "llama" or not any(a == "LlamaForCausalLM" for a in archs):
+        archs = hf.get("architectures") or [HF_CLASSES.get(model_type, "LlamaForCausalLM")]
+        if model_type not in HF_CLASSES or archs[0] != HF_CLASSES[model_type]:
+            supported = ", ".join(f"{k}/{v}" for k, v in HF_CLASSES.items())
             raise ConfigError(
                 f"{source}: unsupported architecture (model_type={model_type!r}, architectures={archs}); "
-                "only LlamaForCausalLM is supported")
-        for key, ok in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+                f"supported model_type/architectures: {supported}")
+        unsupported = [("hidden_act", "silu"), ("mlp_bias", False)]
+        if model_type in ("llama", "qwen3"):
+            unsupported.append(("attention_bias", False))  # True there also means an o_proj bias
+        for key, ok in unsupported:
             if key in hf and hf[key] != ok:
                 raise ConfigError(f"{source}: unsupported {key}={hf[key]!r} (expected {ok!r})")
-        rope_theta, _, factor = _rope_from_hf(hf, source)
+        rope = _rope_from_hf(hf, source)
 
         def need(key: str) -> Any:
             if key not in hf:
@@ -122,10 +177,13 @@ class LlamaConfig:
         head_dim = hf.get("head_dim")
         if head_dim is not None and head_dim * num_heads == need("hidden_size"):
             head_dim = None  # the default; keeps configs from different sources equal
-        eos = hf.get("eos_token_id", 2)
-        if isinstance(eos, list):
-            eos = eos[0]
+        eos = hf.get("eos_token_id", 2 if model_type == "llama" else None)
+        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        if not eos or eos[0] is None:
+            raise ConfigError(f"{source}: eos_token_id is missing or null; set it to the end-of-text id")
+        bos = hf.get("bos_token_id", 1 if model_type == "llama" else None)
         return cls(
+            architecture=model_type,
             vocab_size=need("vocab_size"),
             hidden_size=need("hidden_size"),
             intermediate_size=need("intermediate_size"),
@@ -134,28 +192,46 @@ class LlamaConfig:
             num_kv_heads=hf.get("num_key_value_heads") or num_heads,
             head_dim=head_dim,
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            rope_theta=float(rope_theta),
-            rope_scaling_factor=float(factor),
+            **rope,
+            sliding_window=_sliding_window_from_hf(hf, model_type, source),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=hf.get("bos_token_id", 1) if hf.get("bos_token_id") is not None else 1,
-            eos_token_id=eos if eos is not None else 2,
+            bos_token_id=bos,
+            eos_token_id=int(eos[0]),
+            extra_eos_token_ids=tuple(int(i) for i in eos[1:]),
             pad_token_id=hf.get("pad_token_id"),
         )
 
     def to_hf_config(self, torch_dtype: str = "float32") -> dict[str, Any]:
-        """The HF `config.json` dict; carries both transformers-5 and older rope keys."""
-        rope_parameters: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        """The HF `config.json` dict of `architecture`; carries both transformers-5 and older rope keys."""
+        rope_parameters: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": self.rope_type}
         rope_scaling = None
-        if self.rope_scaling_factor != 1.0:
-            rope_parameters.update(rope_type="linear", factor=self.rope_scaling_factor)
-            rope_scaling = {"type": "linear", "rope_type": "linear", "factor": self.rope_scaling_factor}
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        if self.rope_type != "default":
+            rope_parameters["factor"] = self.rope_scaling_factor
+            if self.rope_type == "llama3":
+                rope_parameters.update(low_freq_factor=self.rope_low_freq_factor,
+                                       high_freq_factor=self.rope_high_freq_factor,
+                                       original_max_position_embeddings=self.rope_original_max_position_embeddings)
+            rope_scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+            rope_scaling["type"] = self.rope_type
+        out: dict[str, Any] = {
+            "architectures": [HF_CLASSES[self.architecture]],
+            "model_type": self.architecture,
             "hidden_act": "silu",
-            "attention_bias": False,
-            "mlp_bias": False,
+        }
+        if self.architecture in ("llama", "qwen3"):
+            out.update(attention_bias=False)
+        if self.architecture == "llama":
+            out.update(mlp_bias=False)
+        if self.architecture == "mistral":
+            out.update(sliding_window=self.sliding_window)
+        if self.architecture in ("qwen2", "qwen3"):
+            sliding = self.sliding_window is not None
+            out.update(use_sliding_window=sliding, sliding_window=self.sliding_window,
+                       max_window_layers=0 if sliding else self.num_layers,
+                       layer_types=[("sliding" if sliding else "full") + "_attention"] * self.num_layers)
+        eos: int | list[int] = list(self.eos_token_ids) if self.extra_eos_token_ids else self.eos_token_id
+        out.update({
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -170,13 +246,14 @@ class LlamaConfig:
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_id,
+            "eos_token_id": eos,
             "pad_token_id": self.pad_token_id,
             "initializer_range": 0.02,
             "use_cache": True,
             "torch_dtype": torch_dtype,
             "dtype": torch_dtype,
-        }
+        })
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,35 +264,111 @@ class LlamaConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown LlamaConfig keys: {unknown}")
+        d = dict(d)
+        if "extra_eos_token_ids" in d:  # JSON gives back a list
+            d["extra_eos_token_ids"] = tuple(d["extra_eos_token_ids"])
         return cls(**d)
 
 
-def _rope_from_hf(hf: dict[str, Any], source: str) -> tuple[float, str, float]:
-    """(theta, type, linear factor) from transformers-5 `rope_parameters` and/or legacy keys."""
+_LLAMA3_ROPE_KEYS = {"low_freq_factor": "rope_low_freq_factor", "high_freq_factor": "rope_high_freq_factor",
+                     "original_max_position_embeddings": "rope_original_max_position_embeddings"}
+
+
+def _rope_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """LlamaConfig rope fields from transformers-5 `rope_parameters` and/or the legacy keys (which agree)."""
     readings = []
     if hf.get("rope_parameters"):
         p = hf["rope_parameters"]
-        readings.append(("rope_parameters", p.get("rope_theta", hf.get("rope_theta", 10000.0)),
-                         p.get("rope_type") or p.get("type") or "default", p.get("factor", 1.0)))
+        readings.append(("rope_parameters", p.get("rope_theta", hf.get("rope_theta", 10000.0)), p))
     if "rope_theta" in hf or hf.get("rope_scaling"):
-        s = hf.get("rope_scaling") or {}
-        readings.append(("rope_theta/rope_scaling", hf.get("rope_theta", 10000.0),
-                         s.get("rope_type") or s.get("type") or "default", s.get("factor", 1.0)))
+        legacy = hf.get("rope_scaling") or {}
+        readings.append(("rope_theta/rope_scaling", hf.get("rope_theta", 10000.0), legacy))
     if not readings:
-        readings.append(("defaults", 10000.0, "default", 1.0))
-    for _, _, rope_type, _ in readings:
-        if rope_type not in ("default", "linear"):
-            raise ConfigError(f"{source}: unsupported rope scaling type {rope_type!r} "
-                              "(supported: none/default, linear)")
-    normal = {(float(t), kind, float(f) if kind == "linear" else 1.0) for _, t, kind, f in readings}
+        readings.append(("defaults", 10000.0, {}))
+    normal = set()
+    for key, theta, p in readings:
+        if not isinstance(p, dict):
+            raise ConfigError(f"{source}: {key} must be an object, got {p!r}")
+        kind = p.get("rope_type") or p.get("type") or "default"
+        if kind not in ROPE_TYPES:
+            raise ConfigError(f"{source}: unsupported rope scaling type {kind!r} in {key} "
+                              f"(supported: none/default, linear, llama3)")
+        fields: dict[str, Any] = {"rope_theta": float(theta), "rope_type": kind}
+        if kind != "default":
+            fields["rope_scaling_factor"] = float(p.get("factor", 1.0))
+        if kind == "llama3":
+            for hf_key, field in _LLAMA3_ROPE_KEYS.items():
+                if hf_key not in p:
+                    raise ConfigError(f"{source}: {key} of type 'llama3' needs {hf_key!r}")
+                fields[field] = type(getattr(LlamaConfig, field))(p[hf_key])
+        normal.add(tuple(sorted(fields.items())))
     if len(normal) > 1:
-        raise ConfigError(f"{source}: rope_parameters and rope_theta/rope_scaling disagree: {readings}")
-    theta, kind, factor = normal.pop()
-    return theta, kind, factor
+        raise ConfigError(f"{source}: rope_parameters and rope_theta/rope_scaling disagree: "
+                          f"{[(k, t, p) for k, t, p in readings]}")
+    return dict(normal.pop())
+
+
+def _sliding_window_from_hf(hf: dict[str, Any], model_type: str, source: str) -> int | None:
+    """The one window all layers share (None = full attention); per-layer mixes are refused."""
+    if model_type == "llama":
+        return None
+    window = hf.get("sliding_window")
+    if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        window = None  # transformers ignores sliding_window unless use_sliding_window is set
+    layers = hf.get("num_hidden_layers", 0)
+    layer_types = hf.get("layer_types")
+    if layer_types is None:
+        first_sliding = hf.get("max_window_layers", layers) if model_type != "mistral" else 0
+        layer_types = ["sliding_attention" if i >= first_sliding else "full_attention" for i in range(layers)]
+    kinds = set(layer_types) if window is not None else {"full_attention"}
+    if kinds - {"full_attention", "sliding_attention"}:
+        raise ConfigError(f"{source}: unsupported layer_types {sorted(kinds)}")
+    if len(kinds) > 1:
+        raise ConfigError(f"{source}: unsupported layer_types/max_window_layers: some layers use a sliding "
+                          "window and others full attention; only one kind for all layers is supported")
+    if kinds == {"full_attention"}:
+        return None
+    if not isinstance(window, int) or window <= 0:
+        raise ConfigError(f"{source}: sliding_window must be a positive integer, got {window!r}")
+    return window
 
 
 _LLAMA1 = dict(vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6)
 _LLAMA2 = dict(vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5)
+_LLAMA3 = dict(vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, num_kv_heads=8,
+               rope_theta=500000.0, rope_type="llama3", rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+               rope_original_max_position_embeddings=8192, bos_token_id=128000, eos_token_id=128001,
+               extra_eos_token_ids=(128008, 128009))
+_LLAMA3_SHAPES = {
+    "llama3_1_8b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                        rope_scaling_factor=8.0),
+    "llama3_1_70b": dict(hidden_size=8192, intermediate_size=28672, num_layers=80, num_heads=64,
+                         rope_scaling_factor=8.0),
+    "llama3_2_1b": dict(hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+                        rope_scaling_factor=32.0, tie_word_embeddings=True),
+    "llama3_2_3b": dict(hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,
+                        rope_scaling_factor=32.0, tie_word_embeddings=True),
+}
+_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
+             num_kv_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5)
+_TINY_FAMILIES = {
+    "llama3": dict(rope_theta=500000.0, rope_type="llama3", rope_scaling_factor=8.0,
+                   rope_original_max_position_embeddings=256, tie_word_embeddings=True),
+    "mistral": dict(architecture="mistral", sliding_window=64),
+    "qwen2": dict(architecture="qwen2", rope_theta=1e6, bos_token_id=None),
+    "qwen3": dict(architecture="qwen3", head_dim=64, rope_theta=1e6, bos_token_id=None),
+}
+_QWEN3 = dict(architecture="qwen3", vocab_size=151936, head_dim=128, num_kv_heads=8,
+              max_position_embeddings=40960, rope_theta=1e6, bos_token_id=None, eos_token_id=151645,
+              extra_eos_token_ids=(151643,))
+_QWEN3_SHAPES = {
+    "qwen3_0_6b": dict(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
+                       tie_word_embeddings=True),
+    "qwen3_4b": dict(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32,
+                     tie_word_embeddings=True),
+    "qwen3_8b": dict(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32),
+    "qwen3_14b": dict(hidden_size=5120, intermediate_size=17408, num_layers=40, num_heads=40),
+}
 
 PRESETS: dict[str, LlamaConfig] = {
     "llama1_7b": LlamaConfig(**_LLAMA1, hidden_size=4096, intermediate_size=11008, num_layers=32,
@@ -232,6 +385,20 @@ PRESETS: dict[str, LlamaConfig] = {
                               num_heads=40, num_kv_heads=40),
     "llama2_70b": LlamaConfig(**_LLAMA2, hidden_size=8192, intermediate_size=28672, num_layers=80,
                               num_heads=64, num_kv_heads=8),
+    # Llama-3.x (128K vocab, GQA 8 KV heads, llama3 RoPE scaling; 3.2 1B/3B tie the embeddings).
+    **{name: LlamaConfig(**_LLAMA3, **shape) for name, shape in _LLAMA3_SHAPES.items()},
+    # Mistral-7B-v0.1 (sliding window 4096).
+    "mistral_7b": LlamaConfig(architecture="mistral", vocab_size=32000, hidden_size=4096,
+                              intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
+                              max_position_embeddings=32768, sliding_window=4096, rms_norm_eps=1e-5),
+    # Qwen2.5 (q/k/v biases) and Qwen3 (q/k norms, head_dim 128).
+    "qwen2_5_7b": LlamaConfig(architecture="qwen2", vocab_size=152064, hidden_size=3584,
+                              intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4,
+                              max_position_embeddings=32768, rope_theta=1e6, bos_token_id=None,
+                              eos_token_id=151645, extra_eos_token_ids=(151643,)),
+    **{name: LlamaConfig(**_QWEN3, **shape) for name, shape in _QWEN3_SHAPES.items()},
+    # Tiny versions of each family (CPU tests and demos; vocab of the bundled tokenizer).
+    **{f"tiny_{name}": LlamaConfig(**_TINY, **switches) for name, switches in _TINY_FAMILIES.items()},
     # The CPU demo: matches the bundled 4096-piece tokenizer.
     "tiny": LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_layers=4,
                         num_heads=8, num_kv_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5),

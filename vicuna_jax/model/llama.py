@@ -1,8 +1,11 @@
-"""Flax NNX LLaMA (1 and 2, GQA), numerically the same network as HF's LlamaForCausalLM.
+"""Flax NNX LLaMA-family decoder, numerically the same network as HF's Llama/Mistral/Qwen2/Qwen3ForCausalLM.
+
+One definition with the switches the families need (`LlamaConfig`): q/k/v biases (Qwen2), per-head q/k
+RMSNorm (Qwen3), a sliding attention window (Mistral), RoPE variants and tied embeddings (Llama-3.x).
 
 Layout choices:
 - Every kernel is a plain `[in, out]` matrix, so HF conversion is a transpose and nothing else.
-- RoPE uses HF's half-rotated layout (rotate_half), with theta and linear position scaling.
+- RoPE uses HF's half-rotated layout (rotate_half), with theta, linear and llama3 frequency scaling.
 - The decoder layers are stored stacked (leading "layers" axis) whether or not they run under `lax.scan`,
   so a checkpoint does not depend on how the model is run.
 - Each parameter declares its logical axes next to its init; `vicuna_jax.parallel` maps them to the mesh.
@@ -14,6 +17,7 @@ V vocab, L layers.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -36,11 +40,14 @@ def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...],
 
 
 class Linear(nnx.Module):
-    """y = x @ kernel, kernel `[in, out]`, no bias; computes in `dtype`."""
+    """y = x @ kernel (+ bias), kernel `[in, out]`; computes in `dtype`."""
 
     def __init__(self, in_features: int, out_features: int, axes: tuple[str, str], *, dtype: Any,
-                 param_dtype: Any, rngs: nnx.Rngs):
+                 param_dtype: Any, rngs: nnx.Rngs, use_bias: bool = False):
         self.kernel = _param(rngs, (in_features, out_features), axes, param_dtype)
+        if use_bias:
+            self.bias = _param(rngs, (out_features,), axes[1:], param_dtype, nnx.initializers.zeros_init())
+        self.use_bias = use_bias
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -48,7 +55,10 @@ class Linear(nnx.Module):
         # the weight-gradient matmul; GPU/TPU compilers treat both forms alike.
         lead = x.shape[:-1]
         x_NxI = x.reshape(-1, x.shape[-1]).astype(self.dtype)
-        return jnp.dot(x_NxI, self.kernel[...].astype(self.dtype)).reshape(*lead, -1)
+        y_NxO = jnp.dot(x_NxI, self.kernel[...].astype(self.dtype))
+        if self.use_bias:
+            y_NxO = y_NxO + self.bias[...].astype(self.dtype)
+        return y_NxO.reshape(*lead, -1)
 
 
 class RMSNorm(nnx.Module):
@@ -66,9 +76,23 @@ class RMSNorm(nnx.Module):
 
 
 def rope_cos_sin(positions_BxT: jax.Array, head_dim: int, theta: float,
-                 scaling_factor: float = 1.0) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables `[B, T, D]` in fp32, HF layout (frequencies repeated for both halves)."""
+                 scaling_factor: float = 1.0, llama3: tuple[float, float, int] | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables `[B, T, D]` in fp32, HF layout (frequencies repeated for both halves).
+
+    `llama3` = (low_freq_factor, high_freq_factor, original_max_position_embeddings): Llama-3.1's scaling,
+    which divides the low frequencies by `scaling_factor`, keeps the high ones and blends in between.
+    Otherwise `scaling_factor` is linear interpolation (positions divided by it).
+    """
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if llama3 is not None:
+        low, high, original = llama3
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / scaling_factor + smooth * inv_freq
+        inv_freq = jnp.where(wavelen > original / low, inv_freq / scaling_factor,
+                             jnp.where(wavelen < original / high, inv_freq, blended))
+        scaling_factor = 1.0
     pos = positions_BxT.astype(jnp.float32) / scaling_factor
     freqs_BxTxD2 = pos[..., None] * inv_freq
     emb_BxTxD = jnp.concatenate([freqs_BxTxD2, freqs_BxTxD2], axis=-1)
@@ -100,12 +124,21 @@ class Attention(nnx.Module):
                  rngs: nnx.Rngs):
         e, d = cfg.hidden_size, cfg.dim_per_head
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = Linear(e, cfg.num_heads * d, ("embed", "q_heads"), **kw)
-        self.k_proj = Linear(e, cfg.num_kv_heads * d, ("embed", "kv_heads"), **kw)
-        self.v_proj = Linear(e, cfg.num_kv_heads * d, ("embed", "kv_heads"), **kw)
+        self.q_proj = Linear(e, cfg.num_heads * d, ("embed", "q_heads"), use_bias=cfg.qkv_bias, **kw)
+        self.k_proj = Linear(e, cfg.num_kv_heads * d, ("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+        self.v_proj = Linear(e, cfg.num_kv_heads * d, ("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
         self.o_proj = Linear(cfg.num_heads * d, e, ("q_heads", "embed"), **kw)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.qk_norm = cfg.qk_norm
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
         self.rope_theta, self.rope_scaling = cfg.rope_theta, cfg.rope_scaling_factor
+        self.rope_llama3 = None
+        if cfg.rope_type == "llama3":
+            self.rope_llama3 = (cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                                cfg.rope_original_max_position_embeddings)
+        self.sliding_window = cfg.sliding_window
         self.attention_impl = attention_impl
 
     def __call__(self, x_BxTxE: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
@@ -114,7 +147,10 @@ class Attention(nnx.Module):
         q = self.q_proj(x_BxTxE).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x_BxTxE).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x_BxTxE).reshape(b, t, self.num_kv_heads, self.head_dim)
-        cos, sin = rope_cos_sin(positions_BxT, self.head_dim, self.rope_theta, self.rope_scaling)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope_cos_sin(positions_BxT, self.head_dim, self.rope_theta, self.rope_scaling,
+                                self.rope_llama3)
         q_BxTxHxD = checkpoint_name(apply_rope(q, cos, sin), "query_proj")
         k_BxTxKxD = checkpoint_name(apply_rope(k, cos, sin), "key_proj")
         v_BxTxKxD = checkpoint_name(v, "value_proj")
@@ -125,12 +161,12 @@ class Attention(nnx.Module):
         new_kv = None
         if cache is None:
             out = attention_lib.attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT,
-                                          impl=self.attention_impl)
+                                          impl=self.attention_impl, window=self.sliding_window)
         else:
             k_L, v_L = _write_cache(cache, k_BxTxKxD, v_BxTxKxD)
             k_all = jax.lax.dynamic_index_in_dim(k_L, cache.layer, axis=0, keepdims=False)
             v_all = jax.lax.dynamic_index_in_dim(v_L, cache.layer, axis=0, keepdims=False)
-            mask_BxTxS = cache_attention_mask(cache.slot_segment_BxS, cache.end_B, t)
+            mask_BxTxS = cache_attention_mask(cache.slot_segment_BxS, cache.end_B, t, self.sliding_window)
             out = attention_lib.cached_attention(q_BxTxHxD, k_all, v_all, mask_BxTxS)
             new_kv = (k_L, v_L)
         out = checkpoint_name(out, "attention_out").reshape(b, t, self.num_heads * self.head_dim)
@@ -159,12 +195,23 @@ def _cache_slots(end_B: jax.Array, num_new: int) -> tuple[jax.Array, jax.Array]:
     return rows_Bx1, end_B[:, None] + jnp.arange(num_new)[None, :]
 
 
-def cache_attention_mask(slot_segment_BxS: jax.Array, end_B: jax.Array, num_new: int) -> jax.Array:
-    """Query i of row b sits in slot end[b]+i; it sees filled slots up to and including its own."""
+def cache_attention_mask(slot_segment_BxS: jax.Array, end_B: jax.Array, num_new: int,
+                         window: int | None = None) -> jax.Array:
+    """Query i of row b sits in slot end[b]+i; it sees filled slots up to and including its own.
+
+    With a sliding `window`, only the last `window` filled slots up to its own: a row's filled slots hold
+    consecutive positions (padding slots are skipped), so distances are counted in filled slots."""
     slots_S = jnp.arange(slot_segment_BxS.shape[1])
     query_slot_BxT = end_B[:, None] + jnp.arange(num_new)[None, :]
     causal_BxTxS = slots_S[None, None, :] <= query_slot_BxT[:, :, None]
-    return causal_BxTxS & (slot_segment_BxS != 0)[:, None, :]
+    filled_BxS = slot_segment_BxS != 0
+    mask = causal_BxTxS & filled_BxS[:, None, :]
+    if window is not None:
+        rank_BxS = jnp.cumsum(filled_BxS, axis=1)  # position + 1 of each filled slot
+        last_slot = slots_S.shape[0] - 1
+        query_rank_BxT = jnp.take_along_axis(rank_BxS, jnp.minimum(query_slot_BxT, last_slot), axis=1)
+        mask &= rank_BxS[:, None, :] > query_rank_BxT[:, :, None] - window
+    return mask
 
 
 class MLP(nnx.Module):

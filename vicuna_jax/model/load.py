@@ -34,9 +34,10 @@ def load_model(path: str, *, tokenizer: str | None = None, **options: Any):
 
     path = os.path.abspath(os.fspath(path))
     if is_hf_dir(path):
+        from vicuna_jax.data.tokenizer import find_tokenizer_in
+
         cfg, params = load_hf(path)
-        tok = os.path.join(path, "tokenizer.model")
-        found = tok if os.path.isfile(tok) else None
+        found = find_tokenizer_in(path)
     else:
         cfg, params = checkpoint.load_params(path)
         found = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))

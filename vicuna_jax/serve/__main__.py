@@ -55,7 +55,8 @@ def main(argv: list[str]) -> None:
     try:
         engine, tokenizer = load_engine(f.model, tokenizer=f.tokenizer, dtype=f.dtype, max_batch=f.max_batch,
                                         decode_steps=f.decode_steps, max_seq_len=f.max_seq_len or None,
-                                        max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens)
+                                        max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens,
+                                        template=f.template)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key, max_body_bytes=f.max_body_bytes,
@@ -110,7 +111,8 @@ def _define_flags() -> None:
                          "Largest request target + headers (HTTP 431 beyond).")
     flags.DEFINE_string("api_key", None, f"Required bearer key for /v1 (prefer the {API_KEY_ENV} "
                         "environment variable: flags show up in process lists).")
-    flags.DEFINE_string("template", "vicuna_v1.1", "Chat template for /v1/chat/completions.")
+    flags.DEFINE_string("template", "auto", "Chat template for /v1/chat/completions (auto: the model's own "
+                        "when its tokenizer has one, else vicuna_v1.1).")
     flags.DEFINE_string("model_name", None, "Model id clients must send (default: the model directory name).")
     flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
     flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"],

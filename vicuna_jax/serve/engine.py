@@ -86,12 +86,13 @@ class Engine:
 
     def __init__(self, model: Llama, tokenizer: Any, *, max_batch: int = 16, decode_steps: int = 8,
                  max_seq_len: int | None = None, max_waiting: int = 256, max_prefill_tokens: int = 8192,
-                 cache_dtype: Any = None):
+                 cache_dtype: Any = None, extra_eos_ids: Sequence[int] = ()):
         if max_batch < 1 or decode_steps < 1:
             raise ValueError("max_batch and decode_steps must be >= 1")
         self.cfg = model.cfg
         self.tokenizer = tokenizer
-        self.batch = DecodeBatch(model, eos_ids=resolve_eos_ids(self.cfg, tokenizer), max_rows=max_batch,
+        eos_ids = resolve_eos_ids(self.cfg, tokenizer, extra=extra_eos_ids)  # + template end-of-turn ids
+        self.batch = DecodeBatch(model, eos_ids=eos_ids, max_rows=max_batch,
                                  context_len=max_seq_len, cache_dtype=cache_dtype,
                                  max_prefill_tokens=max_prefill_tokens)
         self.context_len = self.batch.context_len
@@ -128,7 +129,7 @@ class Engine:
                 self.batch.reset(*self.batch.bucket(n, length))
                 for p in prompt_lengths:
                     if p < length:
-                        self.batch.prefill(list(range(n)), [[self.cfg.bos_token_id] * p] * n)
+                        self.batch.prefill(list(range(n)), [[self.cfg.bos_token_id or 0] * p] * n)
                 self.batch.decode(RowParams.empty(self.batch.rows), self.decode_steps)
         self.batch.reset()
 

@@ -24,7 +24,8 @@ from vicuna_jax.train.optimizer import OptimizerConfig
 
 BUNDLED_DATA = "bundled"
 _FIELD_TYPES = {"rope_theta": float, "rope_scaling_factor": float, "rms_norm_eps": float,
-                "tie_word_embeddings": bool}
+                "tie_word_embeddings": bool, "architecture": str, "rope_type": str,
+                "rope_low_freq_factor": float, "rope_high_freq_factor": float, "extra_eos_token_ids": tuple}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -37,11 +38,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict({
         f.name: config_dict.placeholder(_FIELD_TYPES.get(f.name, int))
         for f in dataclasses.fields(LlamaConfig)})
-    c.init_from_hf = ""  # HF LlamaForCausalLM directory to start from ("" = random init).
-    c.tokenizer = ""  # tokenizer.model; "" = <init_from_hf>/tokenizer.model, else the bundled one.
+    c.init_from_hf = ""  # HF Llama/Mistral/Qwen2/Qwen3 directory to start from ("" = random init).
+    # tokenizer.model, tokenizer.json or a directory with one; "" = <init_from_hf>'s own, else the bundled.
+    c.tokenizer = ""
 
     c.data = ml_collections.ConfigDict()
     c.data.path = BUNDLED_DATA  # raw ShareGPT .json/.jsonl (prepared into workdir/data), or a prepared dir.
+    # vicuna_v1.1 | vicuna_v0 | llama-2 | llama-3 | chatml | mistral | hf (the tokenizer's own Jinja template)
+    # | auto (hf when the tokenizer has a template, else vicuna_v1.1).
     c.data.template = "vicuna_v1.1"
     c.data.validation_fraction = 0.02  # held-out share when preparing from raw data.
     c.data.packing = True  # False = FastChat-style one conversation per row, padded.
@@ -110,6 +114,25 @@ def vicuna_recipe(model: str, seq_len: int, batch_size: int) -> ml_collections.C
     c.checkpoint_every = 200
     c.eval_every = 200
     c.export_dtype = "bfloat16"
+    return c
+
+
+def tiny_hf_recipe(model: str, template: str = "hf") -> ml_collections.ConfigDict:
+    """A few CPU steps of the Vicuna recipe's shape (packed, masked, FSDP over every device) on a tiny model:
+    the `configs/tiny_<family>.py` files. Give `init_from_hf` (a tiny HF model with its tokenizer.json), or a
+    tokenizer.json `tokenizer` and a matching `model_overrides.vocab_size` to start from scratch."""
+    c = base_config()
+    c.model = model
+    c.data.path = BUNDLED_DATA
+    c.data.template = template
+    c.data.validation_fraction = 0.05
+    c.seq_len, c.batch_size, c.total_steps = 128, 8, 20
+    c.optimizer.learning_rate = 3e-3
+    c.optimizer.warmup_ratio = 0.0
+    c.dtype, c.remat_policy, c.scan_layers, c.loss_chunk_size = "float32", "none", False, 0
+    c.checkpoint_every = c.eval_every = 10
+    c.log_every = 1
+    c.export_dtype = "float32"
     return c
 
 

@@ -14,15 +14,17 @@ from vicuna_jax.train.config import BUNDLED_DATA, TrainConfig
 
 
 def resolve_tokenizer(cfg: TrainConfig) -> str:
-    """`tokenizer` when set; else the HF model's own tokenizer.model; else the bundled demo tokenizer."""
+    """`tokenizer` when set; else the HF model's own tokenizer (tokenizer.json, else tokenizer.model); else
+    the bundled demo tokenizer."""
     from vicuna_jax.data import bundled_tokenizer_path
+    from vicuna_jax.data.tokenizer import find_tokenizer_in
 
     if cfg.tokenizer:
         return cfg.tokenizer
     if cfg.init_from_hf:
-        path = os.path.join(cfg.init_from_hf, "tokenizer.model")
-        if not os.path.isfile(path):
-            raise UserError(f"config.tokenizer: {cfg.init_from_hf} has no tokenizer.model; "
+        path = find_tokenizer_in(os.path.abspath(cfg.init_from_hf))
+        if path is None:
+            raise UserError(f"config.tokenizer: {cfg.init_from_hf} has no tokenizer.json or tokenizer.model; "
                             "set config.tokenizer")
         return path
     return bundled_tokenizer_path()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import signal
 import sys
 import time
@@ -24,7 +23,6 @@ import ml_collections
 from absl import logging
 
 from vicuna_jax import parallel
-from vicuna_jax.checkpoint import TOKENIZER_FILE
 from vicuna_jax.cli import UserError
 from vicuna_jax.fileio import atomic_write_json
 from vicuna_jax.train import config as config_lib
@@ -134,10 +132,14 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  jax.devices()[0].device_kind, jax.process_count())
 
     # ------------------------------------------------------------------ Data
-    from vicuna_jax.data.tokenizer import load_tokenizer
+    from vicuna_jax.data.tokenizer import copy_tokenizer, load_tokenizer
 
     tokenizer_path = resolve_tokenizer(cfg)
-    tokenizer = load_tokenizer(tokenizer_path)
+    try:
+        tokenizer = load_tokenizer(tokenizer_path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"config.tokenizer: {e}") from None
+    chat_template = _chat_template(cfg, tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise UserError(f"config.tokenizer: {tokenizer_path} has {tokenizer.vocab_size} pieces but the "
                         f"model's vocab_size is {cfg.model.vocab_size}")
@@ -154,7 +156,8 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  dataset_dir, steps_per_epoch, cfg.batch_size, cfg.seq_len, train_iter.packing_efficiency(0),
                  total_steps)
     if is_main:
-        shutil.copyfile(tokenizer_path, os.path.join(workdir, TOKENIZER_FILE))
+        # The workdir keeps the tokenizer (an HF one with the training chat template) for generate/serve.
+        copy_tokenizer(tokenizer_path, workdir, chat_template)
         atomic_write_json(os.path.join(workdir, "train_config.json"), cfg.source, indent=2, default=str)
 
     # ------------------------------------------------------------------ Model, Shard, Step
@@ -315,6 +318,18 @@ def _non_finite_error(step: int, metrics: StepMetrics, checkpoints: TrainCheckpo
         f"grad_norm={float(metrics.grad_norm)}); stopped without applying it. The last good checkpoint is "
         f"step {checkpoints.latest_step()} in {checkpoints.directory}. Lower the learning rate or check the "
         "data, then rerun the same command to resume.")
+
+
+def _chat_template(cfg: TrainConfig, tokenizer: Any) -> str | None:
+    """The Jinja source of the training template (HF tokenizers; None for sentencepiece), checked now."""
+    from vicuna_jax.data.chat_encode import hf_chat_template
+
+    if not hasattr(tokenizer, "encode_with_specials"):
+        return None
+    try:
+        return hf_chat_template(cfg.data.template, tokenizer)
+    except ValueError as e:
+        raise UserError(f"config.data.template: {e}") from None
 
 
 def export_hf(params: Any, cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
