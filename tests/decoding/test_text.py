@@ -88,11 +88,18 @@ def test_resolve_eos_ids():
     @dataclasses.dataclass
     class Cfg:
         eos_token_id: int = 2
+        extra_eos_token_ids: tuple[int, ...] = ()
+
+        @property
+        def eos_token_ids(self) -> tuple[int, ...]:
+            return (self.eos_token_id, *self.extra_eos_token_ids)
 
     class Tok:
         eos_id = 7
 
     assert resolve_eos_ids(Cfg()) == (2,)
+    assert resolve_eos_ids(Cfg(extra_eos_token_ids=(5, 3))) == (2, 3, 5)  # Llama-3: several EOS ids
+    assert resolve_eos_ids(Cfg(), extra=[11]) == (2, 11)  # the template's end-of-turn ids
     assert resolve_eos_ids(Cfg(), Tok()) == (2, 7)
     assert resolve_eos_ids(Cfg(), Tok(), [9, 9]) == (7, 9)  # explicit ids replace the config's
     assert resolve_eos_ids(Cfg(), ByteTokenizer(), [-5]) == (-5,)  # eos_id -1: the tokenizer has none
