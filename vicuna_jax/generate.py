@@ -282,11 +282,11 @@ def _first_stop(text: str, stops: Sequence[str]) -> int | None:
 
 
 def load_generator(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                   chunk: int = 16) -> Generator:
+                   chunk: int = 16, adapter: str | None = None) -> Generator:
     from vicuna_jax.data import load_tokenizer
     from vicuna_jax.model.load import load_model
 
-    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter, dtype=jnp.dtype(dtype))
     if tok_path is None:
         raise UserError(f"no tokenizer.model found with {model_path}; pass --tokenizer")
     return Generator(model, load_tokenizer(tok_path), chunk=chunk)
@@ -315,7 +315,7 @@ def main(argv: list[str]) -> None:
                                 top_k=f.top_k, seed=f.seed, stop_strings=stops + tuple(f.stop or ()))
     except ValueError as e:
         raise UserError(str(e)) from None
-    gen = load_generator(f.model, f.tokenizer, f.dtype)
+    gen = load_generator(f.model, f.tokenizer, f.dtype, adapter=f.adapter)
     ids = prompt_ids(gen.tokenizer, f.prompt, f.template, f.system)
     if len(ids) >= gen.cfg.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens; the model's context is "
@@ -337,6 +337,8 @@ def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, tem
     main = {"module_name": sys.argv[0]}
     flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True,
                         **main)
+    flags.DEFINE_string("adapter", None, "LoRA adapter to apply: a PEFT adapter dir or a vicuna_jax LoRA "
+                        "workdir/checkpoint (--model is then its base).", **main)
     flags.DEFINE_string("template", "vicuna_v1.1", template_help, **main)
     flags.DEFINE_string("system", None, "System message (template default when unset).", **main)
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.", **main)

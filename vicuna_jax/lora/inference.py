@@ -107,19 +107,56 @@ def check_shapes(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, w
                                 f"model implies {want}")
 
 
-def apply_adapter(cfg: LlamaConfig, params: dict[str, Any],
-                  adapter: str) -> tuple[dict[str, Any], str | None]:
-    """The base `params` with the adapter in `adapter` merged in (checked against the base's fingerprint
-    when the adapter records one); and a tokenizer.model found with the adapter, if any."""
-    from absl import logging
-
+def read_checked_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str, base_path: str
+                         ) -> tuple[LoRAConfig, dict[str, Any], dict[str, Any] | None, str | None]:
+    """`read_adapter`, refusing an adapter whose recorded base fingerprint is not that of `params`."""
     from vicuna_jax.lora.base import BaseModel, check_record, fingerprint
-    from vicuna_jax.lora.peft import merged_params
 
     lora, adapters, record, tokenizer = read_adapter(adapter, cfg)
     if record is not None and record.get("base_fingerprint"):
-        check_record(record, None, BaseModel(params=params, source="the --model directory",
-                                             fingerprint=fingerprint(params)), adapter)
+        base = BaseModel(params=params, source=base_path, fingerprint=fingerprint(params))
+        check_record(record, None, base, adapter)
+    return lora, adapters, record, tokenizer
+
+
+def recorded_base(adapter: str) -> str | None:
+    """The base directory an adapter names (our record, else PEFT's base_model_name_or_path), if it exists
+    here."""
+    import json
+
+    from vicuna_jax.lora.base import read_record
+    from vicuna_jax.lora.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, RECORD_KEY
+
+    step_dir = lora_step_dir(os.path.abspath(adapter))
+    candidates = []
+    if step_dir is not None:
+        candidates.append(read_record(step_dir).get("base_model"))
+    else:
+        weights = os.path.join(adapter, ADAPTER_WEIGHTS)
+        if os.path.isfile(weights):
+            from safetensors import safe_open
+
+            with safe_open(weights, framework="numpy") as f:
+                meta = f.metadata() or {}
+            if RECORD_KEY in meta:
+                candidates.append(json.loads(meta[RECORD_KEY]).get("base_model"))
+        try:
+            with open(os.path.join(adapter, ADAPTER_CONFIG)) as f:
+                candidates.append(json.load(f).get("base_model_name_or_path"))
+        except (OSError, ValueError):
+            pass
+    return next((c for c in candidates if isinstance(c, str) and os.path.isdir(c)), None)
+
+
+def apply_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str,
+                  base_path: str) -> tuple[dict[str, Any], str | None]:
+    """The base `params` (from `base_path`) with the adapter in `adapter` merged in (checked against the
+    base's fingerprint when the adapter records one); and a tokenizer.model found with the adapter, if any."""
+    from absl import logging
+
+    from vicuna_jax.lora.peft import merged_params
+
+    lora, adapters, _, tokenizer = read_checked_adapter(cfg, params, adapter, base_path)
     logging.info("merged LoRA adapter %s (rank %d, alpha %g, %s)", adapter, lora.rank, lora.alpha,
                  ",".join(lora.target_modules))
     return merged_params(params, adapters, lora), tokenizer

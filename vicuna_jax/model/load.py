@@ -44,7 +44,7 @@ def load_model(path: str, *, tokenizer: str | None = None, adapter: str | None =
         cfg, params = checkpoint.load_params(path)
         found = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))
     if adapter is not None:
-        params, adapter_tokenizer = lora_inference.apply_adapter(cfg, params, adapter)
+        params, adapter_tokenizer = lora_inference.apply_adapter(cfg, params, adapter, path)
         found = found or adapter_tokenizer
     model = model_from_params(cfg, params, **options)
     return model, cfg, tokenizer or found

@@ -17,12 +17,13 @@ from vicuna_jax.serve.limits import ConnectionLimits, protocol_class
 
 def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "float32", max_batch: int = 16,
                 decode_steps: int = 8, max_seq_len: int | None = None, max_waiting: int = 256,
-                max_prefill_tokens: int = 8192, warmup: bool = True) -> tuple[Engine, Any]:
+                max_prefill_tokens: int = 8192, warmup: bool = True, adapter: str | None = None
+                ) -> tuple[Engine, Any]:
     """Loads a checkpoint or HF directory into a started Engine; returns (engine, tokenizer)."""
     from vicuna_jax.data import load_tokenizer
     from vicuna_jax.model.load import load_model
 
-    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter, dtype=jnp.dtype(dtype))
     if tok_path is None:
         raise FileNotFoundError(f"no tokenizer.model found with {model_path}; pass --tokenizer")
     tok = load_tokenizer(tok_path)
