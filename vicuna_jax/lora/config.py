@@ -38,7 +38,7 @@ class LoRAConfig:
     rank: int = 0  # 0 = LoRA off (full fine-tuning)
     alpha: float = 16.0
     dropout: float = 0.05  # on the adapters' input, training only (PEFT's lora_dropout)
-    target_modules: tuple[str, ...] = tuple(TARGETS)
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")  # FastChat's train_lora default
     use_rslora: bool = False
     base_quantization: str = "none"  # none | int8 | nf4: how the frozen projection kernels are stored
     base_dtype: str = "bfloat16"  # the frozen base's other weights (and its kernels when not quantized)
@@ -66,10 +66,10 @@ class LoRAConfig:
 
 def base_config() -> ml_collections.ConfigDict:
     """The `config.lora` keys (documented in `LoRAConfig`); target_modules is a comma list of q, k, v, o,
-    gate, up, down (or their HF names q_proj, ...)."""
+    gate, up, down (or their HF names q_proj, ...); "all" = all seven (QLoRA's choice)."""
     d = LoRAConfig()
     return ml_collections.ConfigDict({
-        "rank": d.rank, "alpha": d.alpha, "dropout": d.dropout, "target_modules": "q,k,v,o,gate,up,down",
+        "rank": d.rank, "alpha": d.alpha, "dropout": d.dropout, "target_modules": "q,v",
         "use_rslora": d.use_rslora, "base_quantization": d.base_quantization, "base_dtype": d.base_dtype,
         "quant_block_size": d.quant_block_size, "init_adapter": d.init_adapter})
 
@@ -80,6 +80,8 @@ def _fail(key: str, message: str) -> None:
 
 def parse_targets(value: Any, where: str = "config.lora.target_modules") -> tuple[str, ...]:
     """'q,v' / 'q_proj,v_proj' / a list -> HF names in HF's order."""
+    if value == "all":
+        return tuple(TARGETS)
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
     names = []
     for item in items:
