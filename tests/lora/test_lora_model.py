@@ -138,7 +138,7 @@ def test_dropout_is_reproducible_and_off_in_evaluation():
     lora = LoRAConfig(rank=4, dropout=0.3, target_modules=ALL, base_dtype="float32")
     setup = build(small_cfg(lora), parallel.make_mesh(devices=jax.devices()[:1]), total_steps=10)
     state = setup.init_state(random_params())
-    adapters = jax.tree.map(lambda a: a + 0.05, state.params)  # B != 0, so dropout changes the output
+    adapters = jax.tree.map(lambda a: a + 0.5, state.params)  # B != 0, so dropout changes the output
     b = {k: jnp.asarray(v) for k, v in batch().items()}
     loss = jax.jit(setup.lora.loss_fn)
     first, again = loss(adapters, b, state.frozen, 3), loss(adapters, b, state.frozen, 3)
@@ -169,6 +169,6 @@ def test_eight_devices_train_like_one():
         results.append((losses, jax.tree.map(np.asarray, state.params), state))
     (one, p1, _), (eight, p8, s8) = results
     np.testing.assert_allclose(eight, one, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p8, p1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), p8, p1)  # 1% of one lr step
     assert "fsdp" in str(s8.frozen["layers"]["mlp"]["up_proj"]["codes"].sharding.spec)
     assert "fsdp" in str(s8.frozen["embed_tokens"].sharding.spec)

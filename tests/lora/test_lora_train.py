@@ -160,3 +160,20 @@ def test_training_continues_from_a_peft_adapter(prepared, small_bases, lora_work
 def test_bad_lora_values_name_the_key(prepared, overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(train_config(prepared, **overrides), num_devices=8)
+
+
+@pytest.mark.parametrize("name", ["vicuna_7b_lora", "vicuna_7b_qlora"])
+def test_shipped_lora_configs_validate(name):
+    import importlib.util
+
+    from conftest import REPO
+
+    from vicuna_jax.lora.config import load
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    for devices in (1, 8):
+        model = validate(c, num_devices=devices)
+        assert load(c.lora, model).enabled

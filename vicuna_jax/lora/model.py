@@ -91,12 +91,26 @@ class LoRALinear(nnx.Module):
         if self.rank:
             h_NxI = x_NxI
             if self.dropout > 0:
-                key = jax.random.wrap_key_data(self.dropout_key[...])
-                keep = jax.random.bernoulli(key, 1.0 - self.dropout, h_NxI.shape)
-                h_NxI = jnp.where(keep, h_NxI / (1.0 - self.dropout), 0).astype(self.dtype)
+                keep, rate = dropout_mask(jax.random.wrap_key_data(self.dropout_key[...]), h_NxI.shape,
+                                          self.dropout)
+                h_NxI = jnp.where(keep, h_NxI / (1.0 - rate), 0).astype(self.dtype)
             h_NxR = jnp.dot(h_NxI, self.lora_a[...].astype(self.dtype)) * self.scale
             y_NxO = y_NxO + jnp.dot(h_NxR.astype(self.dtype), self.lora_b[...].astype(self.dtype))
         return y_NxO.reshape(*lead, -1)
+
+
+def dropout_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.Array, float]:
+    """(keep mask, the exact drop rate): 16 random bits per element, two per 32-bit threefry word.
+
+    `bernoulli` spends a whole 32-bit draw per element and threefry dominates: on a 2-core CPU it made a
+    20M model's LoRA step 20% slower; half the draws halve that. The rate is resolved to 1/65536 and the
+    kept values are scaled by the exact resolved rate, so the expectation is unchanged."""
+    threshold = round(rate * 65536)
+    if shape[-1] % 2:
+        return jax.random.bernoulli(key, 1.0 - rate, shape), rate
+    words = jax.random.bits(key, (*shape[:-1], shape[-1] // 2), jnp.uint32)
+    halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(shape)
+    return halves >= threshold, threshold / 65536
 
 
 def attach(model: Any, lora: LoRAConfig, *, training: bool = False, seed: int = 0,
