@@ -42,13 +42,12 @@ def _random_params(seed: int) -> dict:
 
 def random_adapters(lora, seed: int = 1) -> dict:
     """Adapters with both factors nonzero (a trained adapter, not PEFT's B = 0 start)."""
-    from vicuna_jax.lora.config import TARGETS
-    from vicuna_jax.lora.peft import _in_out
+    from vicuna_jax.lora.config import TARGETS, projection_shape
 
     cfg, rng = tiny_cfg(), np.random.RandomState(seed)
     out: dict = {"layers": {}}
     for module in lora.target_modules:
-        n_in, n_out = _in_out(cfg, module)
+        n_in, n_out = projection_shape(cfg, module)
         out["layers"].setdefault(TARGETS[module][0], {})[module] = {
             "lora_a": (rng.randn(cfg.num_layers, n_in, lora.rank) / np.sqrt(n_in)).astype(np.float32),
             "lora_b": (0.1 * rng.randn(cfg.num_layers, lora.rank, n_out)).astype(np.float32)}

@@ -111,7 +111,10 @@ def check_record(record: dict[str, Any], lora: LoRAConfig | None, base: BaseMode
     `lora` None checks only the base."""
     if lora is not None:
         mine = settings(lora)
+        quantized = "none" not in (record.get("base_quantization"), lora.base_quantization)
         for key in _SETTINGS:
+            if key == "quant_block_size" and not quantized:
+                continue
             if key in record and _norm(record[key]) != _norm(mine[key]):
                 raise BaseMismatchError(
                     f"config.lora.{key}: {where} was trained with {key}={record[key]!r}, the config says "

@@ -97,11 +97,16 @@ def parse_targets(value: Any, where: str = "config.lora.target_modules") -> tupl
     return tuple(t for t in TARGETS if t in names)
 
 
-def in_features(cfg: LlamaConfig, name: str) -> int:
-    """The input size of projection `name` (the axis quantization blocks run along)."""
-    if name == "o_proj":
-        return cfg.num_heads * cfg.dim_per_head
-    return cfg.intermediate_size if name == "down_proj" else cfg.hidden_size
+def projection_shape(cfg: LlamaConfig, name: str) -> tuple[int, int]:
+    """(inputs, outputs) of projection `name` of a decoder layer (quantization blocks run along inputs)."""
+    if name in ("q_proj", "o_proj"):
+        heads = cfg.num_heads * cfg.dim_per_head
+        return (cfg.hidden_size, heads) if name == "q_proj" else (heads, cfg.hidden_size)
+    if name in ("k_proj", "v_proj"):
+        return cfg.hidden_size, cfg.num_kv_heads * cfg.dim_per_head
+    if name in ("gate_proj", "up_proj"):
+        return cfg.hidden_size, cfg.intermediate_size
+    return cfg.intermediate_size, cfg.hidden_size
 
 
 def load(c: ml_collections.ConfigDict, model: LlamaConfig) -> LoRAConfig:
@@ -136,9 +141,9 @@ def load(c: ml_collections.ConfigDict, model: LlamaConfig) -> LoRAConfig:
         if not isinstance(block, int) or block < 2 or block % 2:
             _fail("quant_block_size", f"must be an even integer >= 2, got {block!r}")
         for name in TARGETS:
-            if in_features(model, name) % block:
-                _fail("quant_block_size", f"{block} does not divide the {in_features(model, name)} inputs of "
-                                          f"{name}")
+            n_in = projection_shape(model, name)[0]
+            if n_in % block:
+                _fail("quant_block_size", f"{block} does not divide the {n_in} inputs of {name}")
     return lora
 
 

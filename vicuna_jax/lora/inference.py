@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.lora.config import TARGETS, LoRAConfig
+from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape
 from vicuna_jax.model.config import LlamaConfig
 
 
@@ -91,15 +91,13 @@ def _read_checkpoint(step_dir: str, cfg: LlamaConfig):
 
 
 def check_shapes(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, where: str) -> None:
-    from vicuna_jax.lora.peft import _in_out
-
     for module in lora.target_modules:
         group, _ = TARGETS[module]
         try:
             node = adapters["layers"][group][module]
         except KeyError:
             raise UserError(f"{where}: no adapter for {module}") from None
-        n_in, n_out = _in_out(cfg, module)
+        n_in, n_out = projection_shape(cfg, module)
         for name, want in (("lora_a", (cfg.num_layers, n_in, lora.rank)),
                            ("lora_b", (cfg.num_layers, lora.rank, n_out))):
             if tuple(np.shape(node[name])) != want:

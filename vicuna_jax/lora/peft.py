@@ -21,7 +21,7 @@ import numpy as np
 
 from vicuna_jax.cli import UserError
 from vicuna_jax.fileio import replace_dir, resolve_output_dir
-from vicuna_jax.lora.config import TARGETS, LoRAConfig, read_adapter_config
+from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape, read_adapter_config
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -112,7 +112,7 @@ def load_peft(directory: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, A
     r = lora.rank
     for module in lora.target_modules:
         group, _ = TARGETS[module]
-        n_in, n_out = _in_out(cfg, module)
+        n_in, n_out = projection_shape(cfg, module)
         a = np.zeros((cfg.num_layers, n_in, r), np.float32)
         b = np.zeros((cfg.num_layers, r, n_out), np.float32)
         for i in range(cfg.num_layers):
@@ -139,19 +139,6 @@ def load_peft(directory: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, A
         except json.JSONDecodeError:
             raise AdapterError(f"{path}: metadata {RECORD_KEY!r} is not JSON") from None
     return lora, adapters, record
-
-
-def _in_out(cfg: LlamaConfig, module: str) -> tuple[int, int]:
-    from vicuna_jax.lora.config import in_features
-
-    n_in = in_features(cfg, module)
-    if module in ("k_proj", "v_proj"):
-        return n_in, cfg.num_kv_heads * cfg.dim_per_head
-    if module == "q_proj":
-        return n_in, cfg.num_heads * cfg.dim_per_head
-    if module in ("gate_proj", "up_proj"):
-        return n_in, cfg.intermediate_size
-    return n_in, cfg.hidden_size
 
 
 def _canonical(name: str) -> str:
