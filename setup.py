@@ -35,7 +35,7 @@ RUNTIME = [
 EXTRAS = {
     # Parity tests against Hugging Face. torch 2.13.0 resolves to the CPU wheel on the project machines.
     "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=5.0", "langid>=1.1.6", "ruff>=0.6",
-             "selenium>=4.51"],
+             "selenium>=4.51", "peft>=0.21.2"],
     "gpu": ["jax[cuda13]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
 }

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     if len(argv) > 1:
         raise flags.Error(f"unexpected arguments: {argv[1:]}")
-    gen = load_generator(f.model, f.tokenizer, f.dtype, chunk=1, template=f.template)
+    gen = load_generator(f.model, f.tokenizer, f.dtype, chunk=1, template=f.template, adapter=f.adapter)
     params = SamplingParams(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
                             top_k=f.top_k, seed=f.seed,
                             stop_strings=tuple(get_template(f.template).stop_strings))

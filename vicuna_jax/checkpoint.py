@@ -29,6 +29,7 @@ CONFIG_ITEM = "model_config"
 OPT_ITEM = "opt_state"
 TRAIN_ITEM = "train_state"  # the step counter, as an array
 DATA_ITEM = "data_state"  # the loader's JSON position
+LORA_ITEM = "lora"  # LoRA runs: adapter settings and the base model's record (then `params` = the adapters)
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -43,6 +44,7 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
         TRAIN_ITEM: ocp.StandardCheckpointHandler(),
         DATA_ITEM: ocp.JsonCheckpointHandler(),
         CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+        LORA_ITEM: ocp.JsonCheckpointHandler(),
     }
 
 
@@ -136,6 +138,10 @@ def load_params(checkpoint_dir: str, abstract_params: Any = None) -> tuple[Llama
     """Restores (config, params). `abstract_params` (ShapeDtypeStructs, optionally with shardings) sets
     the dtype and placement of the result; without it arrays come back as stored, on the default device."""
     step_dir = resolve_checkpoint_dir(checkpoint_dir)
+    if os.path.isdir(os.path.join(step_dir, LORA_ITEM)):
+        raise CheckpointError(f"{step_dir} holds LoRA adapters, not a whole model: use it with its base "
+                              f"(--model=BASE --adapter={checkpoint_dir}) or export it with "
+                              "`python -m vicuna_jax.lora`")
     cfg = load_model_config(step_dir)
     checkpointer = _checkpointer()
     if abstract_params is None:

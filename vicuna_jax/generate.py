@@ -172,14 +172,16 @@ class Generator:
 
 
 def load_generator(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                   chunk: int = 16, template: str | None = None) -> Generator:
+                   chunk: int = 16, template: str | None = None,
+                   adapter: str | None = None) -> Generator:
     """The model and its tokenizer; generation stops at the model's EOS ids and, given the chat `template`,
     at its end-of-turn tokens (`data.chat_encode.stop_token_ids`)."""
     from vicuna_jax.data import load_tokenizer
     from vicuna_jax.data.chat_encode import stop_token_ids
     from vicuna_jax.model.load import load_model
 
-    model, cfg, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    model, cfg, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter,
+                                      dtype=jnp.dtype(dtype))
     if tok_path is None:
         raise UserError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
                         "pass --tokenizer")
@@ -214,7 +216,7 @@ def main(argv: list[str]) -> None:
                                 top_k=f.top_k, seed=f.seed, stop_strings=stops + tuple(f.stop or ()))
     except ValueError as e:
         raise UserError(str(e)) from None
-    gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template)
+    gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template, adapter=f.adapter)
     ids = prompt_ids(gen.tokenizer, f.prompt, f.template, f.system)
     if len(ids) >= gen.cfg.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens; the model's context is "
@@ -236,6 +238,8 @@ def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, tem
     main = {"module_name": sys.argv[0]}
     flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True,
                         **main)
+    flags.DEFINE_string("adapter", None, "LoRA adapter to apply: a PEFT adapter dir or a vicuna_jax LoRA "
+                        "workdir/checkpoint (--model is then its base).", **main)
     flags.DEFINE_string("template", "auto", template_help + " auto: the model's own chat template (in its "
                         "tokenizer_config.json) when it has one, else vicuna_v1.1.", **main)
     flags.DEFINE_string("system", None, "System message (template default when unset).", **main)

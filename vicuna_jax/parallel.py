@@ -111,9 +111,10 @@ def mesh_axes(logical: str, rules: dict[str, str | tuple[str, ...] | None] | Non
 # ------------------------------------------------------------------ parameter and optimizer shardings
 
 
-def param_shardings(model: Any, mesh: Mesh) -> Any:
+def param_shardings(model: Any, mesh: Mesh, variables: Any = None) -> Any:
     """NamedShardings for `model`'s parameters (an NNX module, abstract or not) from each parameter's
-    logical axes through `LOGICAL_RULES`, as a tree shaped like `model_params(model)`.
+    logical axes through `LOGICAL_RULES`, as a tree shaped like `model_params(model)`. `variables`: the
+    variable type (NNX filter) to cover instead of `nnx.Param` (e.g. LoRA's adapters).
 
     A dimension that does not divide evenly over its mesh axes is replicated instead (with a warning)."""
     import math
@@ -121,8 +122,9 @@ def param_shardings(model: Any, mesh: Mesh) -> Any:
     from absl import logging
     from flax import nnx
 
-    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))
-    shapes = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    which = nnx.Param if variables is None else variables
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, which)))
+    shapes = nnx.to_pure_dict(nnx.state(model, which))
 
     def to_sharding(logical: PartitionSpec, leaf: Any) -> NamedSharding:
         spec = list(logical_to_spec(tuple(logical)))

@@ -66,13 +66,16 @@ def load_batch(path: str) -> dict[str, np.ndarray]:
 
 
 class JaxSide:
-    """vicuna_jax's real training step (built by `vicuna_jax.train.setup.build`), on one CPU device."""
+    """vicuna_jax's real training step (built by `vicuna_jax.train.setup.build`), on one CPU device;
+    `spec["lora"]` (LoRAConfig fields) trains LoRA adapters on the same (random, seeded) base instead."""
 
     def __init__(self, spec: dict[str, Any]):
         import jax
 
         from vicuna_jax import parallel
         from vicuna_jax.data.pack import BATCH_KEYS
+        from vicuna_jax.lora.base import random_base
+        from vicuna_jax.lora.config import LoRAConfig
         from vicuna_jax.model.config import LlamaConfig
         from vicuna_jax.train.config import RunOptions, TrainConfig
         from vicuna_jax.train.optimizer import OptimizerConfig
@@ -80,19 +83,23 @@ class JaxSide:
 
         self.jax = jax
         self.compiles = 0
+        lora = dict(spec.get("lora") or {})
+        if "target_modules" in lora:
+            lora["target_modules"] = tuple(lora["target_modules"])
         jax.monitoring.register_event_duration_secs_listener(self._on_event)
         cfg = TrainConfig(
             model=LlamaConfig(**spec["model"]), optimizer=OptimizerConfig(**spec["optimizer"]),
             run=RunOptions(dtype=spec["dtype"], param_dtype="float32", scan_layers=spec["scan"],
                            remat_policy=spec["remat"], attention=spec.get("attention", "xla")),
             grad_accum_steps=spec.get("grad_accum_steps", 1), loss_chunk_size=spec["loss_chunk"],
-            seed=spec["seed"])
+            seed=spec["seed"], lora=LoRAConfig(**lora))
         mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
         setup = build(cfg, mesh, spec["total_steps"])
         # The state is placed with the shardings the step declares, as the trainer places it: an input whose
         # sharding differs from the step's output (e.g. an uncommitted array) would compile the step twice.
-        self.state = setup.init_state()
-        params = self.state.params
+        base = random_base(cfg) if cfg.lora.enabled else None  # the full side's initial weights
+        self.state = setup.init_state(base)
+        params = base if base is not None else self.state.params
         if spec.get("export_weights"):
             export_torch_weights(params, cfg.model, spec["export_weights"])
         self.step_fn, self.batch_sh = setup.train_step, setup.batch_sharding
@@ -100,6 +107,7 @@ class JaxSide:
         self.batches = [{k: v for k, v in load_batch(p).items() if k in BATCH_KEYS} for p in paths]
         self.mesh = mesh
         self.info = {"num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+                     "trainable_params": int(sum(x.size for x in jax.tree.leaves(self.state.params))),
                      "jax": jax.__version__, "device": jax.devices()[0].device_kind,
                      "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -181,9 +189,17 @@ class TorchSide:
         with torch.no_grad():  # our initial weights, one tensor at a time (no second copy of the model)
             for name, tensor in model.state_dict().items():
                 tensor.copy_(torch.from_numpy(np.load(os.path.join(spec["weights"], name + ".npy"))))
+        if spec.get("lora"):  # PEFT's LoRA on the same base (FastChat's train_lora.py)
+            from peft import LoraConfig, get_peft_model
+
+            lora = spec["lora"]
+            model = get_peft_model(model, LoraConfig(
+                r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM"))
         self.model = model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         o = spec["optimizer"]
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o["learning_rate"], betas=(o["b1"], o["b2"]),
+        self.opt = torch.optim.AdamW(self.trainable, lr=o["learning_rate"], betas=(o["b1"], o["b2"]),
                                      eps=o["eps"], weight_decay=o["weight_decay"], fused=spec["fused_adamw"])
         self.grad_clip = o["grad_clip"]
         b = load_batch(spec["batch"])
@@ -199,6 +215,7 @@ class TorchSide:
 
         num_params = int(sum(p.numel() for p in model.parameters()))
         self.info = {"num_params": num_params, "torch": torch.__version__,
+                     "trainable_params": int(sum(p.numel() for p in self.trainable)),
                      "transformers": transformers.__version__, "threads": torch.get_num_threads(),
                      "attention": spec["attention"]}
 
@@ -210,7 +227,7 @@ class TorchSide:
                                                  ignore_index=-100, reduction="sum") / self.num_targets
         loss.backward()
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         value = float(loss.detach())

@@ -350,7 +350,7 @@ def main(argv: list[str]) -> None:
         def answerer() -> LocalAnswerer:
             from vicuna_jax.generate import load_generator
 
-            gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template)
+            gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template, adapter=f.adapter)
             logging.info("model %s: context %d tokens, template %s", f.model, gen.cfg.max_position_embeddings,
                          f.template)
             return LocalAnswerer(gen, template=f.template, system=f.system,
@@ -369,6 +369,7 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("model", None, "Local model: HF dir, or vicuna_jax checkpoint / training workdir.")
+    flags.DEFINE_string("adapter", None, "LoRA adapter for --model (PEFT dir or vicuna_jax LoRA workdir).")
     flags.DEFINE_string("openai_model", None, "Answer through an OpenAI-compatible server with this model "
                         "name (OPENAI_API_KEY, OPENAI_BASE_URL or --base_url) instead of --model.")
     flags.DEFINE_string("model_id", None, "Name written into the answers (default: the model's name).")

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
         engine, tokenizer = load_engine(f.model, tokenizer=f.tokenizer, dtype=f.dtype, max_batch=f.max_batch,
                                         decode_steps=f.decode_steps, max_seq_len=f.max_seq_len or None,
                                         max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens,
-                                        template=f.template)
+                                        template=f.template, adapter=f.adapter)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key, max_body_bytes=f.max_body_bytes,
@@ -87,6 +87,7 @@ def _define_flags() -> None:
     from vicuna_jax.serve.limits import ConnectionLimits
 
     flags.DEFINE_string("model", None, "HF directory or vicuna_jax checkpoint directory.", required=True)
+    flags.DEFINE_string("adapter", None, "LoRA adapter for --model (PEFT dir or vicuna_jax LoRA workdir).")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
     flags.DEFINE_string("host", "127.0.0.1", "Interface to listen on (0.0.0.0 for every interface).")
     flags.DEFINE_integer("port", 8000, "TCP port (0 picks a free one; the log says which).")

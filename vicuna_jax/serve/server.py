@@ -18,14 +18,14 @@ from vicuna_jax.serve.limits import ConnectionLimits, protocol_class
 def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "float32", max_batch: int = 16,
                 decode_steps: int = 8, max_seq_len: int | None = None, max_waiting: int = 256,
                 max_prefill_tokens: int = 8192, warmup: bool = True,
-                template: str | None = None) -> tuple[Engine, Any]:
+                template: str | None = None, adapter: str | None = None) -> tuple[Engine, Any]:
     """Loads a checkpoint or HF directory into a started Engine; returns (engine, tokenizer). Replies stop
     at the model's EOS ids and the end-of-turn tokens of the chat `template`."""
     from vicuna_jax.data import load_tokenizer
     from vicuna_jax.data.chat_encode import stop_token_ids
     from vicuna_jax.model.load import load_model
 
-    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, dtype=jnp.dtype(dtype))
+    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter, dtype=jnp.dtype(dtype))
     if tok_path is None:
         raise FileNotFoundError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
                                 "pass --tokenizer")

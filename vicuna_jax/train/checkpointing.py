@@ -96,7 +96,8 @@ class TrainCheckpoints:
     that says why. A save that fails stops the run (`CheckpointSaveError`) instead of training on.
     """
 
-    def __init__(self, directory: str, keep: int, async_save: bool = True):
+    def __init__(self, directory: str, keep: int, async_save: bool = True,
+                 records: dict[str, Any] | None = None):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=async_save)
         self.directory = directory
@@ -104,6 +105,7 @@ class TrainCheckpoints:
         self.failed: BaseException | None = None
         self._unsealed: list[int] = []
         self.skipped: dict[int, str] = {}  # steps moved aside at restore, with the reason
+        self.records = dict(records or {})  # JSON items written with every step (LoRA: `lora`)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -123,6 +125,7 @@ class TrainCheckpoints:
                 TRAIN_ITEM: ocp.args.StandardSave({"step": state.step}),
                 DATA_ITEM: ocp.args.JsonSave(data_state),
                 CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
+                **{name: ocp.args.JsonSave(value) for name, value in self.records.items()},
             }))
         except Exception as e:  # noqa: BLE001 - any failure to write is the same failure for the run
             # orbax reports an asynchronous save's failure when the next save waits for it.

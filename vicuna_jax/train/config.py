@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from vicuna_jax.lora import config as lora_config
+from vicuna_jax.lora.config import LoRAConfig
 from vicuna_jax.model.attention import BACKENDS
 from vicuna_jax.model.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.llama import REMAT_POLICIES
@@ -89,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.export_dtype = "bfloat16"
     c.distributed = "auto"  # auto | on | off: jax.distributed.initialize() for multi-host runs.
     c.peak_flops_per_device = 0.0  # for MFU when the device is not in the built-in table.
+    # LoRA / QLoRA (vicuna_jax.lora.config.LoRAConfig): lora.rank > 0 trains adapters on a frozen base.
+    c.lora = lora_config.base_config()
     return c
 
 
@@ -232,6 +236,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
         _fail("data.path", f"{c.data.path} does not exist")
     if c.tokenizer and not os.path.exists(c.tokenizer):
         _fail("tokenizer", f"{c.tokenizer} does not exist")
+    lora_config.load(c.lora, cfg)
     return cfg
 
 
@@ -280,6 +285,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = OptimizerConfig()
     data: DataConfig = DataConfig()
     mesh: MeshConfig = MeshConfig()
+    lora: LoRAConfig = LoRAConfig()
     init_from_hf: str = ""
     tokenizer: str = ""
     seq_len: int = 2048
@@ -306,9 +312,9 @@ def load(c: ml_collections.ConfigDict, num_devices: int) -> TrainConfig:
     model = validate(c, num_devices)
     plain = c.to_dict()
     sub = {"run": RunOptions, "optimizer": OptimizerConfig, "data": DataConfig, "mesh": MeshConfig}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "source", *sub}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "source", "lora", *sub}
     values: dict[str, Any] = {k: plain[k] for k in fields}
     values["run"] = RunOptions(**{f.name: plain[f.name] for f in dataclasses.fields(RunOptions)})
     for name in ("optimizer", "data", "mesh"):
         values[name] = sub[name](**plain[name])
-    return TrainConfig(model=model, source=plain, **values)
+    return TrainConfig(model=model, lora=lora_config.load(c.lora, model), source=plain, **values)

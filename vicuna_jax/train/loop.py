@@ -25,6 +25,8 @@ from absl import logging
 from vicuna_jax import parallel
 from vicuna_jax.cli import UserError
 from vicuna_jax.fileio import atomic_write_json
+from vicuna_jax.lora import base as lora_base
+from vicuna_jax.lora import run as lora_run
 from vicuna_jax.train import config as config_lib
 from vicuna_jax.train.checkpointing import TrainCheckpoints
 from vicuna_jax.train.config import TrainConfig
@@ -78,6 +80,7 @@ class RunSummary:
     stopped_by: str | None = None
     already_complete: bool | None = None
     hf_dir: str | None = None
+    adapter_dir: str | None = None  # LoRA runs: the PEFT adapter directory
     param_shardings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -167,14 +170,22 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  cfg.run.scan_layers, cfg.run.attention)
 
     # ------------------------------------------------------------------ Checkpoint
-    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    base = lora_run.prepare(cfg, workdir, tokenizer_path) if setup.lora is not None else None
+    checkpoint_root = os.path.join(workdir, "checkpoints")
+    lora_base.check_workdir(checkpoint_root, cfg.lora, base)  # LoRA vs full, same base: before restoring
+    checkpoints = TrainCheckpoints(checkpoint_root, keep=cfg.keep_checkpoints,
+                                   records=lora_run.records(cfg, base))
     resumed = checkpoints.restore_latest(setup.abstract_state)
     latest = resumed[0] if resumed else None
     if resumed is not None:
         _, state, data_state = resumed
+        if base is not None:
+            state = state.replace(frozen=setup.lora.place_frozen(base.params))
         train_iter.set_state(data_state)
         logging.info("resumed from %s/%d (epoch %d, batch %d)", checkpoints.directory, latest,
                      data_state["epoch"], data_state["batch_in_epoch"])
+    elif base is not None:
+        state = lora_run.initial_state(setup, base)
     elif cfg.init_from_hf:
         from vicuna_jax.convert import load_hf
 
@@ -182,17 +193,20 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
         logging.info("initialised from %s", cfg.init_from_hf)
     else:
         state = setup.init_state()
+    if base is not None:
+        base.params = None  # on the devices now; the merged export reads the base again
     start_step = int(state.step)
     summary = RunSummary(start_step=start_step, total_steps=total_steps, final_step=start_step)
     hf_dir = os.path.join(workdir, HF_EXPORT_DIR)
-    if start_step >= total_steps and (os.path.isfile(os.path.join(hf_dir, "config.json"))
-                                      or not cfg.export_hf_at_end):
+    exported = os.path.isfile(os.path.join(hf_dir, "config.json")) or not cfg.export_hf_at_end
+    if start_step >= total_steps and exported and (base is None or lora_run.adapter_exported(workdir)):
         # Finished before: nothing to train, evaluate or export again.
         logging.info("this run is already complete: %d of %d steps trained%s", start_step, total_steps,
                      f", exported to {hf_dir}" if cfg.export_hf_at_end else "")
         checkpoints.close()
         summary.already_complete = True
         summary.hf_dir = hf_dir if cfg.export_hf_at_end else None
+        summary.adapter_dir = os.path.join(workdir, lora_run.ADAPTER_DIR) if base is not None else None
         return summary.as_dict()
 
     # ------------------------------------------------------------------ Loop
@@ -243,7 +257,10 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
             if step >= total_steps and summary.stopped_by is None:
                 if cfg.eval_every:
                     summary.eval_loss = evaluate(step)
-                if cfg.export_hf_at_end:
+                if base is not None:
+                    summary.adapter_dir, summary.hf_dir = lora_run.export(
+                        state, base, cfg, workdir, tokenizer_path, merged=cfg.export_hf_at_end)
+                elif cfg.export_hf_at_end:
                     summary.hf_dir = export_hf(state.params, cfg, workdir, tokenizer_path)
     finally:
         checkpoints.wait()  # a save in flight always completes, even when the run fails
@@ -304,7 +321,7 @@ def _evaluate(setup: TrainSetup, state: Any, dataset_dir: str, writer: MetricsWr
     """Token-weighted loss over the validation split."""
     loss_sum, count = 0.0, 0.0
     for local in eval_batches(setup.cfg, dataset_dir):
-        s, n = setup.eval_step(state.params, setup.global_batch(local))
+        s, n = setup.eval_step(state, setup.global_batch(local))
         loss_sum, count = loss_sum + float(s), count + float(n)
     value = loss_sum / max(count, 1.0)
     writer.write(step, {"eval_loss": value, "eval_target_tokens": count})

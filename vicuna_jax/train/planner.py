@@ -128,7 +128,8 @@ def state_bytes(setup: dict[str, Any]) -> dict[str, int]:
     """Exact per-device bytes of each part of the training state and of one batch."""
     s = setup["state"]
     return {"params": _shard_bytes(s.params), "opt_state": _shard_bytes(s.opt_state),
-            "step": _shard_bytes(s.step), "batch": _shard_bytes(setup["batch"])}
+            "step": _shard_bytes(s.step), "batch": _shard_bytes(setup["batch"]),
+            "frozen": _shard_bytes(s.frozen)}  # LoRA's base model (0 for full fine-tuning)
 
 
 # Saved activation elements per token per layer, by remat policy; see `activation_bytes`.
@@ -190,7 +191,7 @@ def analytic(setup: dict[str, Any], policy: str | None = None, flash: bool = Fal
     positions = c.loss_chunk_size if 0 < c.loss_chunk_size < c.seq_len else c.seq_len
     logits = 3 * rows * positions * cfg.vocab_size * 4 // mesh.shape["tensor"]  # logits, exp, their gradient
     out = {"params": params, "grads": grads, "opt_state": parts["opt_state"], "activations": acts,
-           "logits": logits, "batch": parts["batch"]}
+           "logits": logits, "batch": parts["batch"], "frozen": parts["frozen"]}
     out["total"] = sum(out.values())
     return out
 
@@ -218,6 +219,7 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fracti
         "mesh": dict(mesh.shape), "batch_size": c.batch_size,
         "seq_len": c.seq_len, "grad_accum_steps": c.grad_accum_steps, "dtype": c.dtype,
         "param_dtype": c.param_dtype, "remat_policy": c.remat_policy, "attention": attention,
+        "lora": _lora_summary(setup["config"]),
         "loss_chunk_size": c.loss_chunk_size, "compiled": memory, "state": state_bytes(setup),
         "analytic": estimate, "hbm_gb": hbm_gb, "usable_fraction": usable_fraction,
         "fits": memory["total"] <= budget, "fits_analytic": estimate["total"] <= budget,
@@ -230,6 +232,14 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fracti
         entry["fits"] = entry["compiled"]["total"] <= budget
         report["policies"][policy] = entry
     return report
+
+
+def _lora_summary(cfg: Any) -> dict[str, Any] | None:
+    lora = cfg.lora
+    if not lora.enabled:
+        return None
+    return {"rank": lora.rank, "target_modules": list(lora.target_modules),
+            "base_quantization": lora.base_quantization, "base_dtype": lora.base_dtype}
 
 
 def _gb(n: float) -> str:
@@ -246,9 +256,14 @@ def format_report(r: dict[str, Any]) -> str:
         f"batch {r['batch_size']} x {r['seq_len']} (accum {r['grad_accum_steps']}), {r['dtype']} compute, "
         f"{r['param_dtype']} params, remat={r['remat_policy']}, attention={r['attention']}, "
         f"loss_chunk={r['loss_chunk_size']}",
+        *([f"LoRA rank {r['lora']['rank']} on {','.join(r['lora']['target_modules'])}; frozen base "
+           f"{r['lora']['base_dtype']}, kernels {r['lora']['base_quantization']}"] if r.get("lora") else []),
         "",
         "per device (GiB)           compiled     analytic",
-        f"  parameters               {_gb(r['state']['params'])}     {_gb(a['params'])}",
+        *([f"  frozen base              {_gb(r['state']['frozen'])}     {_gb(a['frozen'])}"]
+          if r["state"].get("frozen") else []),
+        f"  {'adapters' if r.get('lora') else 'parameters':24s} {_gb(r['state']['params'])}     "
+        f"{_gb(a['params'])}",
         f"  optimizer state          {_gb(r['state']['opt_state'])}     {_gb(a['opt_state'])}",
         f"  batch                    {_gb(r['state']['batch'])}     {_gb(a['batch'])}",
         f"  arguments (all of these) {_gb(m['argument'])}",

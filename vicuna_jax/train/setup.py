@@ -5,6 +5,8 @@ call `build`, so what they plan or measure is exactly what trains.
 shardings (parameters from their logical axes through `parallel.LOGICAL_RULES`, optimizer state from optax's
 own structure); the abstract (sharded `ShapeDtypeStruct`) state; the optimizer and its schedule; and the
 jitted train and eval steps with explicit shardings and donation. Nothing is allocated until `init_state`.
+With `config.lora` on, what trains is LoRA's adapters and the base model rides in `TrainState.frozen`
+(`vicuna_jax.lora.setup` supplies those pieces; the step, shardings and donation are built here alike).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class TrainSetup:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     train_step: Callable  # jitted: (TrainState, batch) -> (TrainState, StepMetrics); donates the state
-    eval_step: Callable  # jitted: (params, batch) -> (loss sum, target tokens)
+    eval_step: Callable  # jitted: (TrainState, batch) -> (loss sum, target tokens)
+    lora: Any = None  # vicuna_jax.lora.setup.LoRAParts when config.lora is on
 
     @property
     def replicated(self) -> NamedSharding:
@@ -57,10 +60,19 @@ class TrainSetup:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
                 for k, v in local.items() if k in BATCH_KEYS}
 
-    def init_state(self, host_params: Any = None) -> TrainState:
+    def init_state(self, host_params: Any = None, host_adapters: Any = None) -> TrainState:
         """A fresh state, placed per the shardings: random parameters (seeded by `cfg.seed`), or
-        `host_params` (e.g. a Hugging Face model's, as numpy) cast to the parameter dtype."""
+        `host_params` (e.g. a Hugging Face model's, as numpy) cast to the parameter dtype.
+
+        With LoRA, `host_params` is the base model (required) and goes to `frozen`; the adapters are
+        `host_adapters` (an imported adapter) or freshly initialised."""
         shardings, abstract = self.state_shardings, self.abstract_state
+        if self.lora is not None:
+            params = self.lora.initial_adapters(host_adapters)
+            opt_state = jax.jit(self.tx.init, out_shardings=shardings.opt_state)(params)
+            return TrainState(params=params, opt_state=opt_state,
+                              step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                              frozen=self.lora.place_frozen(host_params))
         if host_params is None:
             cfg = self.cfg
             params = jax.jit(lambda: model_params(build_model(cfg.model, seed=cfg.seed,
@@ -79,30 +91,40 @@ class TrainSetup:
 
 def build(cfg: TrainConfig, mesh: jax.sharding.Mesh, total_steps: int) -> TrainSetup:
     """The sharded training setup of `cfg` on `mesh`; `total_steps` sets the learning-rate schedule."""
-    options = cfg.run.model_options()
-    abstract = abstract_model(cfg.model, **options)
-    graphdef = nnx.graphdef(abstract)
-    abstract_params = model_params(abstract)
+    lora = loss_fn = eval_loss_fn = abstract_frozen = frozen_sh = None
+    if cfg.lora.enabled:
+        from vicuna_jax.lora.setup import lora_parts
+
+        lora = lora_parts(cfg, mesh)
+        graphdef, abstract_params, params_sh = lora.graphdef, lora.abstract_adapters, lora.adapter_shardings
+        abstract_frozen, frozen_sh = lora.abstract_frozen, lora.frozen_shardings
+        loss_fn, eval_loss_fn = lora.loss_fn, lora.eval_loss_fn
+    else:
+        abstract = abstract_model(cfg.model, **cfg.run.model_options())
+        graphdef = nnx.graphdef(abstract)
+        abstract_params = model_params(abstract)
+        params_sh = parallel.param_shardings(abstract, mesh)
     tx = make_optimizer(cfg.optimizer, total_steps)
     schedule = lr_schedule(cfg.optimizer, total_steps)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
 
-    params_sh = parallel.param_shardings(abstract, mesh)
     replicated = NamedSharding(mesh, P())
     state_sh = TrainState(params=params_sh,
                           opt_state=parallel.opt_state_shardings(tx, abstract_opt, params_sh, mesh),
-                          step=replicated)
+                          step=replicated, frozen=frozen_sh)
     batch_sh = NamedSharding(mesh, parallel.logical_to_spec(("batch", "length")))
     abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        TrainState(params=abstract_params, opt_state=abstract_opt, step=jax.ShapeDtypeStruct((), jnp.int32)),
+        TrainState(params=abstract_params, opt_state=abstract_opt, step=jax.ShapeDtypeStruct((), jnp.int32),
+                   frozen=abstract_frozen),
         state_sh)
 
-    train_step = jax.jit(make_train_step(graphdef, tx, schedule, cfg.grad_accum_steps, cfg.loss_chunk_size),
+    train_step = jax.jit(make_train_step(graphdef, tx, schedule, cfg.grad_accum_steps, cfg.loss_chunk_size,
+                                         loss_fn),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                          donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(graphdef, cfg.loss_chunk_size), in_shardings=(params_sh, batch_sh),
-                        out_shardings=replicated)
+    eval_step = jax.jit(make_eval_step(graphdef, cfg.loss_chunk_size, eval_loss_fn),
+                        in_shardings=(state_sh, batch_sh), out_shardings=replicated)
     return TrainSetup(cfg=cfg, mesh=mesh, graphdef=graphdef, abstract_state=abstract_state,
                       state_shardings=state_sh, batch_sharding=batch_sh, tx=tx, schedule=schedule,
-                      train_step=train_step, eval_step=eval_step)
+                      train_step=train_step, eval_step=eval_step, lora=lora)

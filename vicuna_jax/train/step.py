@@ -22,9 +22,12 @@ class TrainState:
     """Everything a training step reads and writes, and everything a checkpoint restores besides the data
     position. (Vicuna fine-tuning has no dropout, so there is no RNG to carry.)"""
 
-    params: Any
+    params: Any  # what trains: the model's parameters, or LoRA's adapters
     opt_state: Any
     step: jax.Array  # int32 scalar: optimizer steps taken
+    # What the step reads but never changes (LoRA's base model), passed through to the new state; not
+    # checkpointed: it is loaded from its source again on resume.
+    frozen: Any = None
 
 
 @struct.dataclass
@@ -52,33 +55,49 @@ def split_microbatches(batch: dict[str, jax.Array], num_micro: int) -> dict[str,
     return {k: split(v) for k, v in batch.items()}
 
 
+# (trainable params, micro-batch, frozen params, counter) -> (loss sum, target tokens). The counter numbers
+# the micro-batches of the whole run (step * grad_accum_steps + micro-batch), for randomness (LoRA dropout).
+LossFn = Callable[[Any, dict[str, jax.Array], Any, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def full_loss(graphdef: nnx.GraphDef, loss_chunk: int = 0) -> LossFn:
+    """Full fine-tuning: every parameter trains, nothing is frozen."""
+    return lambda params, batch, frozen, counter: loss_sums(params, graphdef, batch, loss_chunk)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    grad_accum_steps: int = 1, loss_chunk: int = 0) -> Callable:
+                    grad_accum_steps: int = 1, loss_chunk: int = 0,
+                    loss_fn: LossFn | None = None) -> Callable:
     """train_step(state, batch) -> (state, metrics), both `TrainState` / `StepMetrics`.
 
+    `loss_fn` (default `full_loss`) is differentiated with respect to `state.params` only.
     A step whose loss or gradient norm is not finite leaves the state unchanged and reports
     `finite = False` (the trainer stops and keeps the last good checkpoint); a global batch with no target
     tokens leaves params and optimizer state unchanged too.
     """
-    grad_fn = jax.value_and_grad(lambda p, mb: loss_sums(p, graphdef, mb, loss_chunk), has_aux=True)
+    loss_fn = loss_fn or full_loss(graphdef, loss_chunk)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, StepMetrics]:
         params = state.params
+        grad_fn = jax.value_and_grad(
+            lambda p, mb, i: loss_fn(p, mb, state.frozen, state.step * grad_accum_steps + i), has_aux=True)
         if grad_accum_steps == 1:
-            (loss_sum, n_tok), grads = grad_fn(params, batch)
+            (loss_sum, n_tok), grads = grad_fn(params, batch, 0)
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         else:
             micro = split_microbatches(batch, grad_accum_steps)
 
-            def accumulate(carry, mb):
+            def accumulate(carry, xs):
+                mb, i = xs
                 g_acc, l_acc, n_acc = carry
-                (loss_mb, n), g = grad_fn(params, mb)
+                (loss_mb, n), g = grad_fn(params, mb, i)
                 g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
                 return (g_acc, l_acc + loss_mb, n_acc + n), None
 
             zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-            (grads, loss_sum, n_tok), _ = jax.lax.scan(accumulate, init, micro)
+            xs = (micro, jnp.arange(grad_accum_steps, dtype=jnp.int32))
+            (grads, loss_sum, n_tok), _ = jax.lax.scan(accumulate, init, xs)
         denom = jnp.maximum(n_tok, 1.0)
         grads = jax.tree.map(lambda g: g / denom, grads)
         loss = loss_sum / denom
@@ -89,7 +108,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         apply = finite & (n_tok > 0)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
         new_state = TrainState(params=keep(new_params, params),
-                               opt_state=keep(new_opt_state, state.opt_state), step=state.step + 1)
+                               opt_state=keep(new_opt_state, state.opt_state), step=state.step + 1,
+                               frozen=state.frozen)
         nonpad = jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32))
         metrics = StepMetrics(loss=loss, grad_norm=grad_norm, lr=schedule(state.step), target_tokens=n_tok,
                               nonpad_tokens=nonpad, finite=finite)
@@ -98,9 +118,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, loss_chunk: int = 0) -> Callable:
-    """eval_step(params, batch) -> (loss sum, target tokens); accumulate over batches, then divide."""
-    def eval_step(params: Any, batch: dict[str, jax.Array]):
-        return loss_sums(params, graphdef, batch, loss_chunk)
+def make_eval_step(graphdef: nnx.GraphDef, loss_chunk: int = 0, loss_fn: LossFn | None = None) -> Callable:
+    """eval_step(state, batch) -> (loss sum, target tokens); accumulate over batches, then divide."""
+    loss_fn = loss_fn or full_loss(graphdef, loss_chunk)
+
+    def eval_step(state: TrainState, batch: dict[str, jax.Array]):
+        return loss_fn(state.params, batch, state.frozen, jnp.zeros((), jnp.int32))
 
     return eval_step
