@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import env
+from lora_utils import env
 
 from vicuna_jax.cli import UserError
 from vicuna_jax.generate import SamplingParams, load_generator, prompt_ids

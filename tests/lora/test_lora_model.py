@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import batch, logits, random_adapters, random_params, tiny_cfg
 from flax import nnx
+from lora_utils import batch, logits, random_adapters, random_params, tiny_cfg
 
 from vicuna_jax import parallel
 from vicuna_jax.lora import model as lora_model

@@ -2,7 +2,7 @@
 exactly those of the state the trainer builds, and the donated base is aliased, not copied."""
 
 import jax
-from conftest import train_config
+from lora_utils import train_config
 
 from vicuna_jax.lora.base import random_base
 from vicuna_jax.train import planner

@@ -10,8 +10,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import cli_args, env, logits, losses, train_config
 from hf_models import hf_logits
+from lora_utils import cli_args, env, logits, losses, train_config
 
 from vicuna_jax import checkpoint as ckpt_lib
 from vicuna_jax.cli import UserError
@@ -166,7 +166,7 @@ def test_bad_lora_values_name_the_key(prepared, overrides, key):
 def test_shipped_lora_configs_validate(name):
     import importlib.util
 
-    from conftest import REPO
+    from lora_utils import REPO
 
     from vicuna_jax.lora.config import load
 

@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import logits, random_adapters, random_params, tiny_cfg
 from flax import nnx
 from hf_models import hf_logits
+from lora_utils import logits, random_adapters, random_params, tiny_cfg
 
 from vicuna_jax.lora import model as lora_model
 from vicuna_jax.lora.base import BaseMismatchError, BaseModel, fingerprint
