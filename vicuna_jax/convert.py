@@ -26,7 +26,7 @@ import numpy as np
 
 from vicuna_jax.cli import UserError
 from vicuna_jax.data.template import Template
-from vicuna_jax.fileio import replace_dir, resolve_output_dir
+from vicuna_jax.fileio import resolve_output_dir, writing_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 # Our parameter path -> (HF name with {i} for the layer, transpose?). Layer entries are stacked on axis 0.
@@ -328,10 +328,7 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         plan[-1].append(spec)
         shard_bytes += nbytes
 
-    tmp = out_dir + ".tmp-writing"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with writing_dir(out_dir) as tmp:
         weight_map: dict[str, str] = {}
         total_size = 0
         for k, shard in enumerate(plan):
@@ -352,10 +349,6 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, template=template,
                                model_max_length=cfg.max_position_embeddings)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     return out_dir
 
 

@@ -71,6 +71,22 @@ def resolve_output_dir(path: str | os.PathLike) -> str:
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
+@contextlib.contextmanager
+def writing_dir(final: str) -> Iterator[str]:
+    """`with writing_dir(out) as tmp:` fill `tmp`; on success it replaces `out` whole (`replace_dir`), on an
+    exception it is removed and `out` is untouched. `out` is resolved with `resolve_output_dir`."""
+    final = resolve_output_dir(final)
+    tmp = final + ".tmp-writing"
+    _remove(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
 def replace_dir(tmp: str, final: str) -> None:
     """Moves a fully written `tmp` directory to `final` (see `resolve_output_dir`), replacing any existing
     one.

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.fileio import replace_dir, resolve_output_dir
+from vicuna_jax.fileio import resolve_output_dir, writing_dir
 from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape, read_adapter_config
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
@@ -78,20 +77,13 @@ def save_peft(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, out_
     metadata = {"format": "pt"}
     if record is not None:
         metadata[RECORD_KEY] = json.dumps(record, sort_keys=True)
-    tmp = out_dir + ".tmp-writing"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
+    with writing_dir(out_dir) as tmp:
         save_file(dict(sorted(tensors.items())), os.path.join(tmp, ADAPTER_WEIGHTS), metadata=metadata)
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
             json.dump(adapter_config(lora, base_model), f, indent=2)
         if tokenizer is not None:
             write_hf_tokenizer(tokenizer, tmp, template=template,
                                model_max_length=cfg.max_position_embeddings)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out_dir)
     return out_dir
 
 
