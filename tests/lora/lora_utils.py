@@ -6,6 +6,12 @@ import functools
 import os
 
 import numpy as np
+from tiny_run import REPO, tiny_config, train_cli_args
+from tiny_run import cpu_env as env
+from tiny_run import logged_losses as losses
+
+__all__ = ["REPO", "SMALL", "TINY", "batch", "cli_args", "env", "logits", "losses", "random_adapters",
+           "random_params", "tiny_cfg", "train_config", "workdir_files"]
 
 # Small enough that a step compiles in seconds; every size divides the quantization block of 16.
 TINY = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -75,7 +81,6 @@ def workdir_files(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # configs/tiny.py shrunk to ~0.6M parameters and 128-token rows (as tests/train does), with LoRA on.
 SMALL = {
     "model_overrides.hidden_size": 64, "model_overrides.intermediate_size": 128,
@@ -89,37 +94,8 @@ SMALL = {
 
 def train_config(prepared: str, **overrides):
     """configs/tiny.py with SMALL and `overrides` (dotted keys address nested fields)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(REPO, "configs", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    for key, value in {**SMALL, "data.path": prepared, **overrides}.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return tiny_config({**SMALL, "data.path": prepared, **overrides})
 
 
 def cli_args(prepared: str, workdir: str, **overrides) -> list[str]:
-    import sys
-
-    args = [sys.executable, "-m", "vicuna_jax.train", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-            f"--workdir={workdir}"]
-    return args + [f"--config.{k}={v}" for k, v in {**SMALL, "data.path": prepared, **overrides}.items()]
-
-
-def env(devices: int = 1) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-
-
-def losses(workdir: str) -> dict[int, float]:
-    import json
-
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return train_cli_args(workdir, {**SMALL, "data.path": prepared, **overrides})

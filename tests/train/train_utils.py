@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tiny_run import REPO, tiny_config, train_cli_args
+from tiny_run import cpu_env as env
+from tiny_run import logged_losses as losses
+
+__all__ = ["REPO", "SMALL", "cli_args", "config", "env", "losses", "run_cli"]
 
 # ~0.6M parameters, 128-token rows: a step takes milliseconds, compiling dominates.
 SMALL = {
@@ -34,46 +35,13 @@ SMALL = {
 
 def config(prepared: str, **overrides):
     """configs/tiny.py with SMALL and `overrides` applied (keys with dots address nested fields)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny_cfg", os.path.join(REPO, "configs", "tiny.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
-    for key, value in {**SMALL, "data.path": prepared, **overrides}.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return tiny_config({**SMALL, "data.path": prepared, **overrides})
 
 
 def cli_args(prepared: str, workdir: str, **overrides) -> list[str]:
-    args = [sys.executable, "-m", "vicuna_jax.train", f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-            f"--workdir={workdir}"]
-    for key, value in {**SMALL, "data.path": prepared, **overrides}.items():
-        args.append(f"--config.{key}={value}")
-    return args
-
-
-def env(devices: int = 1, **extra: str) -> dict[str, str]:
-    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    e.update(extra)
-    return e
+    return train_cli_args(workdir, {**SMALL, "data.path": prepared, **overrides})
 
 
 def run_cli(prepared: str, workdir: str, devices: int = 1, timeout: int = 300, **overrides):
     return subprocess.run(cli_args(prepared, workdir, **overrides), capture_output=True, text=True,
                           env=env(devices), timeout=timeout, check=False)
-
-
-def losses(workdir: str) -> dict[int, float]:
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "loss" in row:
-                out[row["step"]] = row["loss"]
-    return out
