@@ -322,13 +322,17 @@ class Cleaner:
             try:
                 rec = self.clean_one(raw)
             except Rejected as r:
-                self.report.rejected[r.reason] += 1
-                if rejects is not None:
-                    _append_reject(rejects, raw, r)
+                self._reject(raw, r, rejects)
                 continue
             self.report.kept += 1
             yield rec
 
+
+    def _reject(self, raw: RawRecord, r: Rejected, rejects: Any) -> None:
+        """Counts a rejected record under its reason and writes it to the rejects file, if there is one."""
+        self.report.rejected[r.reason] += 1
+        if rejects is not None:
+            _append_reject(rejects, raw, r)
 
     def _parallel(self, raws: Iterable[RawRecord], rejects: Any, pool: Any) -> Iterator[dict]:
         from vicuna_jax.data.workers import chunked, clean_chunk
@@ -350,9 +354,7 @@ class Cleaner:
                         raise result
                     rec = self.deduplicate(result)
                 except Rejected as r:
-                    self.report.rejected[r.reason] += 1
-                    if rejects is not None:
-                        _append_reject(rejects, raw, r)
+                    self._reject(raw, r, rejects)
                     continue
                 self.report.kept += 1
                 yield rec
