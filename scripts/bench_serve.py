@@ -29,7 +29,7 @@ os.environ["NO_PROXY"] = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vicuna_jax.data import bundled_tokenizer_path, encode_prompt, load_tokenizer  # noqa: E402
+from vicuna_jax.data import bundled_tokenizer_path, chat_format, encode_prompt, load_tokenizer  # noqa: E402
 from vicuna_jax.decoding import SamplingParams, next_pow2  # noqa: E402
 from vicuna_jax.generate import Generator  # noqa: E402
 from vicuna_jax.model.config import LlamaConfig  # noqa: E402
@@ -120,7 +120,8 @@ def serve(model: Any, tokenizer: Any, max_batch: int, decode_steps: int, prompt_
     rows = [1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch]
     engine.warmup(prompt_lengths=(prompt_len,), rows=rows, lengths=lengths)  # timings exclude compilation
     engine.start()
-    return engine, ServerThread(build_app(engine, tokenizer, ServeConfig(MODEL_NAME))).start()
+    fmt = chat_format.resolve(tokenizer)
+    return engine, ServerThread(build_app(engine, fmt, ServeConfig(MODEL_NAME))).start()
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from hf_models import hf_logits, make_hf_llama, save_hf_llama  # noqa: E402
 
 from vicuna_jax import checkpoint  # noqa: E402
 from vicuna_jax.convert import ConvertError, load_hf, save_hf  # noqa: E402
+from vicuna_jax.load import load_model  # noqa: E402
 from vicuna_jax.model.config import ConfigError, LlamaConfig  # noqa: E402
-from vicuna_jax.model.load import load_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +216,11 @@ def test_conflicting_rope_keys_are_rejected():
 
 
 def test_exported_chat_template_renders_vicuna_prompt(hf_dir, tmp_path):
-    from vicuna_jax.data import bundled_tokenizer_path, encode_prompt, get_template, load_tokenizer
+    from vicuna_jax.data import bundled_tokenizer_path, chat_format, encode_prompt, get_template, load_tokenizer
 
     cfg, params = load_hf(hf_dir)
-    out = save_hf(params, cfg, str(tmp_path / "with_tok"), tokenizer=bundled_tokenizer_path())
+    fmt = chat_format.resolve(bundled_tokenizer_path())
+    out = save_hf(params, cfg, str(tmp_path / "with_tok"), chat_format=fmt)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     messages = [{"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "Hi! 1+1=?"}, {"role": "assistant", "content": "2"},

@@ -18,7 +18,7 @@ def gen(tiny_checkpoint):
 
 
 def test_stop_string_cuts_text(gen):
-    ids = prompt_ids(gen.tokenizer, "Tell me about JAX.", "vicuna_v1.1")
+    ids = prompt_ids(gen, "Tell me about JAX.")
     full = gen.generate([ids], SamplingParams(max_new_tokens=40))[0]
     assert full.finish_reason == "length" and len(full.token_ids) == 40
     text = full.text
@@ -34,7 +34,7 @@ def test_stop_string_cuts_text(gen):
 
 
 def test_stream_text_concatenates_to_generate(gen):
-    ids = prompt_ids(gen.tokenizer, "Write a haiku about the sea.", "vicuna_v1.1")
+    ids = prompt_ids(gen, "Write a haiku about the sea.")
     for stops in ((), ("e",), ("zzz-not-there",)):
         params = SamplingParams(max_new_tokens=30, temperature=0.9, seed=1, stop_strings=stops)
         whole = gen.generate([ids], params)[0].text
@@ -73,7 +73,7 @@ def test_generate_cli_prints_only_the_text(gen, tiny_checkpoint):
     proc = _run(["vicuna_jax.generate", f"--model={tiny_checkpoint}", "--prompt=Hello!",
                  "--max_new_tokens=12"])
     assert proc.returncode == 0, proc.stderr
-    ids = prompt_ids(gen.tokenizer, "Hello!", "vicuna_v1.1")
+    ids = prompt_ids(gen, "Hello!")
     expected = gen.generate([ids], SamplingParams(max_new_tokens=12))[0].text
     assert proc.stdout == expected + "\n"
     assert "prompt:" in proc.stderr  # logs go to stderr

@@ -1,6 +1,6 @@
 """Interactive multi-turn chat in a chat template, streaming tokens as they are generated.
 
-    python -m vicuna_jax.chat --model=DIR [--template=vicuna_v1.1] [--temperature=0.7] [--max_new_tokens=512]
+    python -m vicuna_jax.chat --model=DIR [--template=auto] [--temperature=0.7] [--max_new_tokens=512]
 
 Type a message and press Enter. Commands: `/reset` starts a new conversation, `/exit` (or end of input)
 quits. When the conversation outgrows the model's context, the oldest exchanges are dropped.
@@ -16,17 +16,14 @@ from vicuna_jax.decoding.sampling import SamplingParams
 from vicuna_jax.generate import Generator
 
 
-def fit_history(history: list[dict[str, str]], gen: Generator, template: str, system: str | None,
+def fit_history(history: list[dict[str, str]], gen: Generator, system: str | None,
                 reserve: int) -> tuple[list[dict[str, str]], list[int] | None]:
-    """Drops the oldest exchanges until the prompt leaves `reserve` tokens of context for the reply.
-
-    Returns ids None when even the newest message alone does not fit.
+    """Drops the oldest exchanges until the prompt (in the generator's chat format) leaves `reserve` tokens
+    of context for the reply. Returns ids None when even the newest message alone does not fit.
     """
-    from vicuna_jax.data import encode_prompt
-
     budget = gen.cfg.max_position_embeddings - reserve
     while True:
-        ids = encode_prompt(history, gen.tokenizer, template=template, system=system)
+        ids = gen.chat_format.encode_prompt(history, system=system)
         if len(ids) <= budget:
             return history, ids
         if len(history) <= 1:
@@ -34,8 +31,8 @@ def fit_history(history: list[dict[str, str]], gen: Generator, template: str, sy
         history = history[2:]
 
 
-def chat_loop(gen: Generator, params: SamplingParams, *, template: str = "vicuna_v1.1",
-              system: str | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+def chat_loop(gen: Generator, params: SamplingParams, *, system: str | None = None,
+              stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
               prompt_prefix: str = "USER: ", reply_prefix: str = "ASSISTANT: ") -> list[dict[str, str]]:
     """Runs the conversation until /exit or end of input; returns the final history."""
     history: list[dict[str, str]] = []
@@ -59,7 +56,7 @@ def chat_loop(gen: Generator, params: SamplingParams, *, template: str = "vicuna
             continue
         history = history + [{"from": "human", "value": message}]
         reserve = min(params.max_new_tokens, gen.cfg.max_position_embeddings // 2)
-        history, ids = fit_history(history, gen, template, system, reserve)
+        history, ids = fit_history(history, gen, system, reserve)
         if ids is None:
             stdout.write(f"[message too long: the model's context is {gen.cfg.max_position_embeddings} "
                          "tokens]\n")
@@ -80,19 +77,18 @@ def chat_loop(gen: Generator, params: SamplingParams, *, template: str = "vicuna
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
-    from vicuna_jax.data.template import get_template
     from vicuna_jax.generate import load_generator
 
     f = flags.FLAGS
     if len(argv) > 1:
         raise flags.Error(f"unexpected arguments: {argv[1:]}")
     gen = load_generator(f.model, f.tokenizer, f.dtype, chunk=1, template=f.template, adapter=f.adapter)
+    logging.info("chat format: %s", gen.chat_format.describe())
     params = SamplingParams(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
-                            top_k=f.top_k, seed=f.seed,
-                            stop_strings=tuple(get_template(f.template).stop_strings))
-    chat_loop(gen, params, template=f.template, system=f.system)
+                            top_k=f.top_k, seed=f.seed, stop_strings=gen.chat_format.stop_strings)
+    chat_loop(gen, params, system=f.system)
 
 
 def _define_flags() -> None:

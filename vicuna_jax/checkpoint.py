@@ -21,6 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.tokenizer import TOKENIZER_DIR, copy_tokenizer, find_tokenizer_in
 from vicuna_jax.fileio import replace_dir, resolve_output_dir
 from vicuna_jax.model.config import LlamaConfig
 
@@ -30,6 +32,7 @@ OPT_ITEM = "opt_state"
 TRAIN_ITEM = "train_state"  # the step counter, as an array
 DATA_ITEM = "data_state"  # the loader's JSON position
 LORA_ITEM = "lora"  # LoRA runs: adapter settings and the base model's record (then `params` = the adapters)
+CHAT_FORMAT_ITEM = "chat_format"  # the chat format record (`data.chat_format`) the weights were made in
 TOKENIZER_FILE = "tokenizer.model"
 
 
@@ -45,6 +48,7 @@ def item_handlers() -> dict[str, ocp.CheckpointHandler]:
         DATA_ITEM: ocp.JsonCheckpointHandler(),
         CONFIG_ITEM: ocp.JsonCheckpointHandler(),
         LORA_ITEM: ocp.JsonCheckpointHandler(),
+        CHAT_FORMAT_ITEM: ocp.JsonCheckpointHandler(),
     }
 
 
@@ -92,8 +96,6 @@ def resolve_checkpoint_dir(path: str) -> str:
 def find_tokenizer(checkpoint_dir: str) -> str | None:
     """A tokenizer (tokenizer.model, or an HF tokenizer in `tokenizer/`) stored with the checkpoint, next to
     it, or in the training workdir above it."""
-    from vicuna_jax.data.tokenizer import TOKENIZER_DIR, find_tokenizer_in
-
     here = os.path.abspath(checkpoint_dir)
     for _ in range(4):
         stored = (os.path.join(here, TOKENIZER_DIR), os.path.join(here, TOKENIZER_FILE))
@@ -103,9 +105,32 @@ def find_tokenizer(checkpoint_dir: str) -> str | None:
     return None
 
 
+def read_chat_format(checkpoint_dir: str) -> tuple[dict[str, Any] | None, str]:
+    """(the chat format record the checkpoint was made in, where it was read) — the checkpoint's own
+    `chat_format` item, else a `chat_format.json` next to it or in the training workdir above it; (None, "")
+    for a checkpoint from before formats were recorded."""
+    step_dir = resolve_checkpoint_dir(checkpoint_dir)
+    if os.path.isdir(os.path.join(step_dir, CHAT_FORMAT_ITEM)):
+        try:
+            args = ocp.args.Composite(**{CHAT_FORMAT_ITEM: ocp.args.JsonRestore()})
+            record = _checkpointer().restore(step_dir, args)[CHAT_FORMAT_ITEM]
+        except Exception as e:  # noqa: BLE001 - orbax raises assorted errors for unreadable items
+            raise CheckpointError(f"{step_dir}/{CHAT_FORMAT_ITEM}: unreadable chat format record ({e})"
+                                  ) from None
+        return record, f"{step_dir}/{CHAT_FORMAT_ITEM}"
+    here = step_dir
+    for _ in range(4):
+        record = chat_format.read_record(here)
+        if record is not None:
+            return record, os.path.join(here, chat_format.FORMAT_FILE)
+        here = os.path.dirname(here)
+    return None, ""
+
+
 def save_model(directory: str, params: Any, cfg: LlamaConfig, *, tokenizer_path: str | None = None,
-               overwrite: bool = False) -> str:
-    """Writes a model-only checkpoint (params + config [+ tokenizer.model]); atomic: tmp dir, then rename."""
+               fmt: chat_format.ChatFormat | None = None, overwrite: bool = False) -> str:
+    """Writes a model-only checkpoint (params + config [+ chat format] [+ tokenizer]); atomic: tmp dir, then
+    rename. `fmt`'s tokenizer is stored when `tokenizer_path` is not given."""
     directory = resolve_output_dir(directory)
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory} already exists (pass overwrite=True / --overwrite to replace it)")
@@ -115,14 +140,13 @@ def save_model(directory: str, params: Any, cfg: LlamaConfig, *, tokenizer_path:
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     checkpointer = _checkpointer()
-    checkpointer.save(tmp, ocp.args.Composite(**{
-        PARAMS_ITEM: ocp.args.StandardSave(params),
-        CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict()),
-    }))
+    items = {PARAMS_ITEM: ocp.args.StandardSave(params), CONFIG_ITEM: ocp.args.JsonSave(cfg.to_dict())}
+    if fmt is not None:
+        items[CHAT_FORMAT_ITEM] = ocp.args.JsonSave(fmt.record())
+    checkpointer.save(tmp, ocp.args.Composite(**items))
+    tokenizer_path = tokenizer_path or (fmt.tokenizer_path if fmt is not None else None)
     if tokenizer_path:
-        from vicuna_jax.data.tokenizer import copy_tokenizer
-
-        copy_tokenizer(tokenizer_path, tmp)
+        copy_tokenizer(tokenizer_path, tmp, fmt.chat_template if fmt is not None else None)
     replace_dir(tmp, directory)
     return directory
 

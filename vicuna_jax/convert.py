@@ -17,7 +17,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,9 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
-from vicuna_jax.data.template import Template
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.tokenizer import find_tokenizer_in
 from vicuna_jax.fileio import resolve_output_dir, writing_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
@@ -183,6 +184,19 @@ def iter_hf_tensors(hf_dir: str) -> Iterator[tuple[str, str, np.ndarray]]:
                            "pytorch_model*.bin weights found")
 
 
+def is_hf_dir(path: str) -> bool:
+    """An HF model directory: a config.json that describes a model (not, say, a training config)."""
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    try:
+        with open(config) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return True  # let load_hf report the broken file
+    return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
+
+
 def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, Any]]:
     """Reads an HF LLaMA directory into (config, nested numpy params with stacked layers).
 
@@ -297,10 +311,12 @@ def _host_tensor(flat: dict[tuple[str, ...], Any], path: tuple[str, ...], layer:
 
 
 def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: str = "bfloat16",
-            tokenizer: str | None = None, template: str = "vicuna_v1.1", max_shard_bytes: int = 2 * 1024**3,
+            chat_format: ChatFormat | None = None, max_shard_bytes: int = 2 * 1024**3,
             overwrite: bool = False) -> str:
     """Writes an HF LlamaForCausalLM directory that transformers loads with `from_pretrained`.
 
+    With a `chat_format`: its tokenizer files, the chat template it was trained in (tokenizer_config.json),
+    every end-of-turn id as an EOS id (config.json, generation_config.json) and `chat_format.json`.
     Host memory peaks at about one shard (`max_shard_bytes`), whatever the model size.
     """
     from safetensors.numpy import save_file
@@ -310,10 +326,9 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
     out_dir = resolve_output_dir(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise ConvertError(f"{out_dir} already exists (use --overwrite to replace it)")
-    if tokenizer is not None and not os.path.exists(tokenizer):
-        raise ConvertError(f"tokenizer {tokenizer} does not exist")
-    if tokenizer is not None:
-        cfg = cfg.replace(extra_eos_token_ids=cfg.extra_eos_token_ids + tuple(_stop_ids(tokenizer, template)))
+    if chat_format is not None:
+        extra = tuple(i for i in chat_format.eos_token_ids if i not in cfg.eos_token_ids)
+        cfg = cfg.replace(extra_eos_token_ids=cfg.extra_eos_token_ids + extra)
     np_dtype = DTYPES[dtype]
     itemsize = np.dtype(np_dtype).itemsize
     flat = _flat_params(params, cfg)
@@ -346,21 +361,9 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
             json.dump(cfg.to_hf_config(torch_dtype=dtype), f, indent=2)
         with open(os.path.join(tmp, "generation_config.json"), "w") as f:
             json.dump(_generation_config(cfg), f, indent=2)
-        if tokenizer is not None:
-            write_hf_tokenizer(tokenizer, tmp, template=template,
-                               model_max_length=cfg.max_position_embeddings)
+        if chat_format is not None:
+            chat_format.write_hf_files(tmp, model_max_length=cfg.max_position_embeddings)
     return out_dir
-
-
-def _stop_ids(tokenizer: str, template: str) -> list[int]:
-    """The tokenizer's EOS and the template's end-of-turn ids (ConvertError for an unusable pair)."""
-    from vicuna_jax.data import load_tokenizer
-    from vicuna_jax.data.chat_encode import stop_token_ids
-
-    try:
-        return stop_token_ids(load_tokenizer(tokenizer), template)
-    except (OSError, ValueError) as e:
-        raise ConvertError(f"tokenizer {tokenizer} with template {template!r}: {e}") from None
 
 
 def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
@@ -373,54 +376,6 @@ def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
         "temperature": 0.7,
         "top_p": 1.0,
     }
-
-
-def hf_tokenizer_config(chat_template: str | None = None, model_max_length: int = 2048) -> dict[str, Any]:
-    """tokenizer_config.json for a LLaMA sentencepiece model. transformers 5 needs it next to
-    tokenizer.model (`LlamaTokenizer(vocab_file=...)` alone gives an empty tokenizer); legacy mode matches
-    how FastChat tokenized its training data."""
-    config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizer",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "legacy": True,
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "pad_token": None,
-        "model_max_length": model_max_length,
-        "padding_side": "right",
-        "clean_up_tokenization_spaces": False,
-    }
-    if chat_template is not None:
-        config["chat_template"] = chat_template
-    return config
-
-
-def write_hf_tokenizer(tokenizer: str, out_dir: str, *, template: str = "vicuna_v1.1",
-                       model_max_length: int = 2048) -> None:
-    """The tokenizer's files with `template` as chat_template: tokenizer.json + tokenizer_config.json for an
-    HF tokenizer, else tokenizer.model + tokenizer_config.json (+ special_tokens_map.json)."""
-    from vicuna_jax.data.chat_encode import hf_chat_template
-    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer, save_hf_tokenizer_files
-    from vicuna_jax.data.template import get_template
-
-    if is_hf_tokenizer_path(tokenizer):
-        tok = load_hf_tokenizer(tokenizer)
-        save_hf_tokenizer_files(tok, out_dir, hf_chat_template(template, tok), model_max_length)
-        return
-    if not isinstance(get_template(template), Template):
-        raise ConvertError(f"template {template!r} needs a tokenizer.json tokenizer; {tokenizer} is "
-                           "sentencepiece")
-    source = os.path.join(tokenizer, "tokenizer.model") if os.path.isdir(tokenizer) else tokenizer
-    if not os.path.isfile(source):
-        raise ConvertError(f"no tokenizer.model at {tokenizer}")
-    shutil.copyfile(source, os.path.join(out_dir, "tokenizer.model"))
-    config = hf_tokenizer_config(get_template(template).hf_chat_template(bos=True), model_max_length)
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2, ensure_ascii=False)
-    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, f, indent=2)
 
 
 # ---------------------------------------------------------------- whole models and the CLI
@@ -439,20 +394,36 @@ def main(argv: list[str]) -> None:
     if f.from_hf:
         if not f.to_checkpoint:
             raise flags.Error("--from_hf needs --to_checkpoint")
-        from vicuna_jax.data.tokenizer import find_tokenizer_in
-
         cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
-        tok = f.tokenizer or find_tokenizer_in(os.path.abspath(f.from_hf))
-        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite, tokenizer_path=tok)
+        source = os.path.abspath(f.from_hf)
+        tok = f.tokenizer or find_tokenizer_in(source)
+        recorded = chat_format.read_record(source)
+        fmt = _format(tok, f.template, recorded, os.path.join(source, chat_format.FORMAT_FILE))
+        out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite, tokenizer_path=tok,
+                                    fmt=fmt)
         logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
     else:
         if not f.to_hf:
             raise flags.Error("--from_checkpoint needs --to_hf")
         cfg, params = checkpoint.load_params(f.from_checkpoint)
         tok = f.tokenizer or checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(f.from_checkpoint))
-        out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", tokenizer=tok, template=f.template,
+        recorded, where = checkpoint.read_chat_format(f.from_checkpoint)
+        fmt = _format(tok, f.template, recorded, where)
+        out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", chat_format=fmt,
                       max_shard_bytes=int(f.max_shard_gb * 1024**3), overwrite=f.overwrite)
-        logging.info("wrote Hugging Face directory %s%s", out, "" if tok else " (no tokenizer given)")
+        logging.info("wrote Hugging Face directory %s%s", out, f" (chat format {fmt.describe()})" if fmt else
+                     " (no tokenizer given)")
+
+
+def _format(tokenizer: str | None, template: str, recorded: dict | None, where: str) -> ChatFormat | None:
+    """The chat format an export/import carries: the one rule (`data.chat_format`); an explicit --template
+    that contradicts the record is refused (it would ship weights with a format they were not trained in)."""
+    if tokenizer is None:
+        if template not in ("", chat_format.AUTO):
+            raise UserError(f"--template={template} needs a tokenizer: none is stored with the model; pass "
+                            "--tokenizer")
+        return None
+    return chat_format.resolve(tokenizer, template, recorded=recorded, recorded_in=where, on_conflict="error")
 
 
 def _define_flags() -> None:
@@ -466,8 +437,9 @@ def _define_flags() -> None:
     flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
                         "float16, float32.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, tokenizer.json or a directory with one.")
-    flags.DEFINE_string("template", "auto", "Chat template written into tokenizer_config.json: a named "
-                        "template, hf (the tokenizer's own) or auto (its own if any, else vicuna_v1.1).")
+    flags.DEFINE_string("template", "auto", "Chat template written with the model. auto: the one the model "
+                        "records, else the tokenizer's own, else vicuna_v1.1; or a named template / hf (the "
+                        "tokenizer's own), which must agree with a recorded one.")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
 

@@ -1,6 +1,6 @@
 """KV-cache text generation: batched prompts of different lengths, greedy / temperature / top-p / top-k.
 
-    python -m vicuna_jax.generate --model=DIR --prompt="..." [--template=vicuna_v1.1|none]
+    python -m vicuna_jax.generate --model=DIR --prompt="..." [--template=auto|vicuna_v1.1|...|none]
         [--max_new_tokens=N] [--temperature=T] [--top_p=P] [--top_k=K] [--seed=S]
 
 `Generator` is the batch front end of the decoding core (`vicuna_jax.decoding`): the prompts are prefilled
@@ -21,9 +21,12 @@ from typing import Any
 import jax.numpy as jnp
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.decoding.batch import DecodeBatch
 from vicuna_jax.decoding.sampling import SamplingParams, per_row, sample_tokens
 from vicuna_jax.decoding.text import TextStream, resolve_eos_ids
+from vicuna_jax.load import load_model
 from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import Llama
 
@@ -42,9 +45,10 @@ class Generator:
     generation at a time."""
 
     def __init__(self, model: Llama, tokenizer: Any = None, *, eos_token_ids: Sequence[int] | None = None,
-                 chunk: int = 16, cache_dtype: Any = None):
+                 chunk: int = 16, cache_dtype: Any = None, chat_format: ChatFormat | None = None):
         self.cfg: LlamaConfig = model.cfg
         self.tokenizer = tokenizer
+        self.chat_format = chat_format  # how conversations become prompts (load_generator resolves it)
         self.eos_ids = resolve_eos_ids(self.cfg, tokenizer, eos_token_ids)
         self.chunk = chunk
         self.batch = DecodeBatch(model, eos_ids=self.eos_ids, cache_dtype=cache_dtype)
@@ -172,52 +176,49 @@ class Generator:
 
 
 def load_generator(model_path: str, tokenizer: str | None = None, dtype: str = "float32",
-                   chunk: int = 16, template: str | None = None,
+                   chunk: int = 16, template: str | None = chat_format.AUTO,
                    adapter: str | None = None) -> Generator:
-    """The model and its tokenizer; generation stops at the model's EOS ids and, given the chat `template`,
-    at its end-of-turn tokens (`data.chat_encode.stop_token_ids`)."""
-    from vicuna_jax.data import load_tokenizer
-    from vicuna_jax.data.chat_encode import stop_token_ids
-    from vicuna_jax.model.load import load_model
-
-    model, cfg, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter,
-                                      dtype=jnp.dtype(dtype))
-    if tok_path is None:
+    """The model, its tokenizer and its chat format (`vicuna_jax.load`: what the model records, else the
+    tokenizer's own template, else vicuna_v1.1; an explicit `template` wins with a warning). Generation
+    stops at the model's EOS ids and the format's end-of-turn ids."""
+    if template == RAW:
+        template = chat_format.AUTO  # raw text: the model's format still says which ids end a reply
+    model, cfg, fmt = load_model(model_path, tokenizer=tokenizer, adapter=adapter, template=template,
+                                 dtype=jnp.dtype(dtype))
+    if fmt is None:
         raise UserError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
                         "pass --tokenizer")
-    tok = load_tokenizer(tok_path)
-    try:
-        stops = stop_token_ids(tok, template)
-    except ValueError as e:
-        raise UserError(f"--template: {e}") from None
-    return Generator(model, tok, eos_token_ids=[*cfg.eos_token_ids, *stops], chunk=chunk)
+    return Generator(model, fmt.tokenizer, eos_token_ids=[*cfg.eos_token_ids, *fmt.eos_token_ids],
+                     chunk=chunk, chat_format=fmt)
 
 
-def prompt_ids(tokenizer: Any, text: str, template: str, system: str | None = None) -> list[int]:
-    """The prompt for a single user message in `template`, or the raw text with BOS for 'none'."""
-    if template == "none":
-        return tokenizer.encode(text, bos=True)
-    from vicuna_jax.data import encode_prompt
+RAW = "none"  # --template=none: the prompt is raw text (with BOS), no chat format
 
-    return encode_prompt([{"from": "human", "value": text}], tokenizer, template=template, system=system)
+
+def prompt_ids(gen: Generator, text: str, raw: bool = False, system: str | None = None) -> list[int]:
+    """The prompt for a single user message in the generator's chat format, or the raw text with BOS."""
+    if raw:
+        return gen.tokenizer.encode(text, bos=True)
+    return gen.chat_format.encode_prompt([{"from": "human", "value": text}], system=system)
 
 
 def main(argv: list[str]) -> None:
     from absl import flags, logging
 
-    from vicuna_jax.data.template import get_template
-
     f = flags.FLAGS
     if len(argv) > 1:
         raise flags.Error(f"unexpected arguments: {argv[1:]}")
-    stops = tuple(get_template(f.template).stop_strings) if f.template != "none" else ()
+    raw = f.template == RAW
+    gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template, adapter=f.adapter)
+    stops = () if raw else gen.chat_format.stop_strings
     try:
         params = SamplingParams(max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_p=f.top_p,
                                 top_k=f.top_k, seed=f.seed, stop_strings=stops + tuple(f.stop or ()))
     except ValueError as e:
         raise UserError(str(e)) from None
-    gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template, adapter=f.adapter)
-    ids = prompt_ids(gen.tokenizer, f.prompt, f.template, f.system)
+    if not raw:
+        logging.info("chat format: %s", gen.chat_format.describe())
+    ids = prompt_ids(gen, f.prompt, raw, f.system)
     if len(ids) >= gen.cfg.max_position_embeddings:
         raise UserError(f"the prompt is {len(ids)} tokens; the model's context is "
                         f"{gen.cfg.max_position_embeddings}")
@@ -240,8 +241,9 @@ def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, tem
                         **main)
     flags.DEFINE_string("adapter", None, "LoRA adapter to apply: a PEFT adapter dir or a vicuna_jax LoRA "
                         "workdir/checkpoint (--model is then its base).", **main)
-    flags.DEFINE_string("template", "auto", template_help + " auto: the model's own chat template (in its "
-                        "tokenizer_config.json) when it has one, else vicuna_v1.1.", **main)
+    flags.DEFINE_string("template", "auto", template_help + " auto: the format the model records (its "
+                        "chat_format.json / checkpoint), else its tokenizer's own chat template, else "
+                        "vicuna_v1.1; a named one differing from the record is used with a warning.", **main)
     flags.DEFINE_string("system", None, "System message (template default when unset).", **main)
     flags.DEFINE_string("tokenizer", None, "tokenizer.model or tokenizer.json, when the model directory has "
                         "none.", **main)

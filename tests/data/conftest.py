@@ -37,9 +37,10 @@ def write_hf_dir(directory: str, model_path: str, chat_template: str | None = No
     os.makedirs(directory, exist_ok=True)
     with open(model_path, "rb") as src, open(os.path.join(directory, "tokenizer.model"), "wb") as dst:
         dst.write(src.read())
-    from vicuna_jax.convert import hf_tokenizer_config
+    from vicuna_jax.data.hf_tokenizer import sentencepiece_tokenizer_config
 
-    config = hf_tokenizer_config(chat_template)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    config = sentencepiece_tokenizer_config(specials, chat_template)
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump(config, f)
     return directory

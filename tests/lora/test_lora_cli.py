@@ -18,7 +18,7 @@ PROMPT = "How do I reverse a list?"
 
 def _greedy(workdir_model, **kw):
     gen = load_generator(workdir_model, **kw)
-    ids = prompt_ids(gen.tokenizer, PROMPT, "vicuna_v1.1")
+    ids = prompt_ids(gen, PROMPT)
     return gen, ids, gen.generate([ids], SamplingParams(max_new_tokens=12))[0]
 
 

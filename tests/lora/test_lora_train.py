@@ -15,8 +15,8 @@ from lora_utils import cli_args, env, logits, losses, train_config
 
 from vicuna_jax import checkpoint as ckpt_lib
 from vicuna_jax.cli import UserError
+from vicuna_jax.load import load_model
 from vicuna_jax.model.config import ConfigError
-from vicuna_jax.model.load import load_model
 from vicuna_jax.train import train
 from vicuna_jax.train.config import validate
 

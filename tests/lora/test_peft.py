@@ -11,12 +11,12 @@ from flax import nnx
 from hf_models import hf_logits
 from lora_utils import logits, random_adapters, random_params, tiny_cfg
 
+from vicuna_jax.load import load_model
 from vicuna_jax.lora import model as lora_model
 from vicuna_jax.lora.base import BaseMismatchError, BaseModel, fingerprint
 from vicuna_jax.lora.config import TARGETS, LoRAConfig
 from vicuna_jax.lora.peft import AdapterError, load_peft, merged_params, peft_name, save_peft
 from vicuna_jax.model.llama import model_from_params
-from vicuna_jax.model.load import load_model
 
 LORA = LoRAConfig(rank=4, alpha=8.0, dropout=0.0, target_modules=tuple(TARGETS), base_dtype="float32")
 TOKENS = np.random.RandomState(0).randint(1, 211, (2, 20))

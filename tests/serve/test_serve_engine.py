@@ -43,7 +43,7 @@ def engine(tiny_checkpoint):
 
 
 def _ids(reference, text: str) -> tuple[int, ...]:
-    return tuple(prompt_ids(reference.tokenizer, text, "vicuna_v1.1"))
+    return tuple(prompt_ids(reference, text))
 
 
 def _greedy(reference, ids, n: int):

@@ -235,29 +235,25 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def chat_for(template: str | Template | JinjaTemplate | JinjaChat, tokenizer) -> Template | JinjaChat:
     """The template to encode with: a Part-based `Template`, or a `JinjaChat` bound to `tokenizer` (cached).
 
-    `auto` gives the tokenizer's own template when it has one, else vicuna_v1.1. Jinja templates need a
-    tokenizer.json tokenizer; ChatTemplateError (naming the template and tokenizer) otherwise."""
+    `auto` gives the tokenizer's own template when it has one, else vicuna_v1.1 (`chat_format.resolve` is
+    the one rule CLIs use; this is the encoder underneath). ChatTemplateError names what is missing."""
     if isinstance(template, JinjaChat):
         return template
     t = get_template(template)
     if isinstance(t, Template):
         return t
     own = getattr(tokenizer, "chat_template", None)
-    if t.name == AUTO_TEMPLATE:
+    if t.name == AUTO_TEMPLATE and t.source is None:
         if not own:
             return get_template("vicuna_v1.1")
         t = JinjaTemplate(HF_TEMPLATE)
-    if not hasattr(tokenizer, "encode_with_specials"):
-        raise ChatTemplateError(f"template {t.name!r} needs a Hugging Face tokenizer.json tokenizer; "
-                                f"{getattr(tokenizer, 'model_path', tokenizer)} is sentencepiece (use a "
-                                "named template such as vicuna_v1.1)")
-    source = t.builtin_source if t.name != HF_TEMPLATE else own
+    source = t.source or (t.builtin_source if t.name != HF_TEMPLATE else own)
     if not source:
         raise ChatTemplateError(f"template 'hf': {tokenizer.model_path} has no chat_template (in "
                                 "tokenizer_config.json or chat_template.jinja); pick a named template")
     per_tokenizer = _CACHE.setdefault(tokenizer, {})
     if source not in per_tokenizer:
-        needed = re.findall(r"<\|[a-z_]+\|>", source) if t.builtin_source else []
+        needed = re.findall(r"<\|[a-z_]+\|>", source) if t.builtin_source and not t.source else []
         missing = [tok for tok in needed if tok not in tokenizer.added_tokens]
         if missing:
             raise ChatTemplateError(f"template {t.name!r} uses tokens {missing} that {tokenizer.model_path} "
@@ -274,9 +270,3 @@ def stop_token_ids(tokenizer, template: str | Template | JinjaTemplate | None) -
         if isinstance(chat, JinjaChat):
             ids += list(chat.end_of_turn_ids)
     return list(dict.fromkeys(int(i) for i in ids if i is not None and i >= 0))
-
-
-def hf_chat_template(template: str | Template | JinjaTemplate, tokenizer) -> str:
-    """The Jinja source to export with a model trained in `template` (HF renders it to the same ids)."""
-    chat = chat_for(template, tokenizer)
-    return chat.source if isinstance(chat, JinjaChat) else chat.hf_chat_template(bos=True)

@@ -65,6 +65,9 @@ class JinjaTemplate:
     name: str
     stop_strings: tuple[str, ...] = ()
     description: str = ""
+    # The Jinja text itself, when it is not the built-in's nor the tokenizer's own (a recorded template:
+    # what a dataset, workdir, checkpoint or export was made with).
+    source: str | None = None
 
     @property
     def builtin_source(self) -> str | None:

@@ -1,6 +1,6 @@
 """Check a chat template before training on it: what is rendered, what is trained on, and that it is exact.
 
-    python -m vicuna_jax.data.check_template --tokenizer=HF_DIR [--template=hf] [--conversations=FILE]
+    python -m vicuna_jax.data.check_template --tokenizer=HF_DIR [--template=auto] [--conversations=FILE]
         [--num=3] [--color=auto|always|never]
 
 Renders sample conversations (built-in ones covering a system message, several turns, code, whitespace and
@@ -29,6 +29,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.chat_encode import AlignmentError
+from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.chat_template import has_generation_blocks
+from vicuna_jax.data.encode import encode_conversation, encode_prompt
 
 SAMPLES = [
     [{"role": "system", "content": "You are a concise assistant."},
@@ -72,58 +77,40 @@ def highlight(tokenizer, ids: np.ndarray, mask: np.ndarray, color: bool) -> str:
     return "".join(pieces)
 
 
-def _hf_reference(tokenizer_path: str, template: str, source: str):
-    """(transformers tokenizer with `source` as its chat template, its version) or (None, reason). A
-    sentencepiece model is loaded the way an export carries it (tokenizer.model + tokenizer_config.json)."""
+def _hf_reference(fmt: ChatFormat):
+    """(transformers tokenizer with the format's chat template, its version) or (None, reason): the
+    tokenizer loaded the way an export carries it (its files written by `ChatFormat.write_hf_files`)."""
     try:
         import transformers
     except ImportError:
         return None, "transformers is not installed"
-    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path
+    import tempfile
 
-    if is_hf_tokenizer_path(tokenizer_path):
-        directory = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+    with tempfile.TemporaryDirectory() as directory:
+        fmt.write_hf_files(directory, model_max_length=1 << 20)
         hf = transformers.AutoTokenizer.from_pretrained(directory)
-    else:
-        import tempfile
-
-        from vicuna_jax.convert import write_hf_tokenizer
-
-        with tempfile.TemporaryDirectory() as directory:
-            write_hf_tokenizer(tokenizer_path, directory, template=template)
-            hf = transformers.AutoTokenizer.from_pretrained(directory)
-    hf.chat_template = source
+    hf.chat_template = fmt.chat_template
     return hf, transformers.__version__
 
 
 def check(tokenizer_path: str, template: str, conversations: list[list[dict]], color: bool = False,
           out=None) -> bool:
-    """Prints the report (to `out`, default stdout); True when every check passes."""
+    """Prints the report (to `out`, default stdout); True when every check passes. The template is resolved
+    by the one rule (`data.chat_format`; a directory's chat_format.json counts as its record)."""
     out = out or sys.stdout
-    from vicuna_jax.data import load_tokenizer
-    from vicuna_jax.data.chat_encode import (
-        AlignmentError,
-        JinjaChat,
-        chat_for,
-        hf_chat_template,
-        stop_token_ids,
-    )
-    from vicuna_jax.data.chat_template import has_generation_blocks
-    from vicuna_jax.data.encode import encode_conversation, encode_prompt
-
-    try:
-        tok = load_tokenizer(tokenizer_path)
-        chat = chat_for(template, tok)
-        source = hf_chat_template(template, tok)
-    except (OSError, ValueError) as e:
-        raise UserError(str(e)) from None
-    stops = set(stop_token_ids(tok, template))
+    directory = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
+    recorded = chat_format.read_record(directory)
+    fmt = chat_format.resolve(tokenizer_path, template, recorded=recorded, on_conflict="warn",
+                              recorded_in=os.path.join(directory, chat_format.FORMAT_FILE))
+    tok = fmt.tokenizer
+    template = fmt.encoder
+    stops = set(fmt.eos_token_ids)
     eot = ", ".join(f"{_show(tok, [i])} ({i})" for i in sorted(stops))
-    kind = "Jinja" if isinstance(chat, JinjaChat) else "built-in (Part-based)"
-    blocks = has_generation_blocks(source)
-    print(f"template {template!r}: {kind}; end-of-turn ids {eot}; generation blocks: "
-          f"{'yes' if blocks else 'no'}", file=out)
-    hf, version = _hf_reference(tokenizer_path, template, source)
+    kind = "Jinja" if fmt.is_jinja else "built-in (Part-based)"
+    blocks = has_generation_blocks(fmt.chat_template)
+    print(f"template {fmt.template!r} ({fmt.resolved_from}): {kind}; end-of-turn ids {eot}; generation "
+          f"blocks: {'yes' if blocks else 'no'}", file=out)
+    hf, version = _hf_reference(fmt)
     failures: list[str] = []
     for n, messages in enumerate(conversations, 1):
         print(f"\n--- conversation {n} ({len(messages)} messages)", file=out)
@@ -189,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="HF directory (tokenizer.json) or tokenizer.model")
-    ap.add_argument("--template", default="hf", help="hf (the tokenizer's own), auto, or a named template")
+    ap.add_argument("--template", default="auto", help="auto (what the directory records, else the "
+                    "tokenizer's own template, else vicuna_v1.1), hf (the tokenizer's own), or a named one")
     ap.add_argument("--conversations", help="ShareGPT/OpenAI JSON or JSONL file with more samples")
     ap.add_argument("--num", type=int, default=3, help="how many conversations of that file to show")
     ap.add_argument("--color", choices=("auto", "always", "never"), default="auto")

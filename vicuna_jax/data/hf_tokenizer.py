@@ -99,9 +99,10 @@ class HFTokenizer:
         added = self._tok.get_added_tokens_decoder()
         self.added_tokens: dict[str, int] = {t.content: i for i, t in added.items()}
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
+        # The ids it gives, not the chat template: the template is recorded on its own (`chat_format`), and a
+        # copy saved with the training template must keep the same fingerprint.
         digest = hashlib.sha256(tokenizer_json.encode("utf-8"))
-        extra = {"specials": names, "chat_template": self.chat_template}
-        digest.update(json.dumps(extra, sort_keys=True).encode())
+        digest.update(json.dumps({"specials": names}, sort_keys=True).encode())
         self.fingerprint: str = digest.hexdigest()[:16]
 
     # -- pickling --------------------------------------------------------------------------------------------
@@ -223,3 +224,26 @@ def save_hf_tokenizer_files(tokenizer: HFTokenizer, directory: str, chat_templat
         config["chat_template"] = chat_template
     with open(os.path.join(directory, TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
+
+
+def sentencepiece_tokenizer_config(specials: dict[str, str], chat_template: str | None = None,
+                                   model_max_length: int = 2048) -> dict[str, Any]:
+    """tokenizer_config.json for a LLaMA sentencepiece model. transformers 5 needs it next to
+    tokenizer.model (`LlamaTokenizer(vocab_file=...)` alone gives an empty tokenizer); legacy mode matches
+    how FastChat tokenized its training data."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "bos_token": specials.get("bos_token"),
+        "eos_token": specials.get("eos_token"),
+        "unk_token": specials.get("unk_token"),
+        "pad_token": None,
+        "model_max_length": model_max_length,
+        "padding_side": "right",
+        "clean_up_tokenization_spaces": False,
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    return config

@@ -1,12 +1,15 @@
 """Raw ShareGPT -> cleaned -> split -> tokenized tfds dataset, in one command (or one call), cached.
 
     python -m vicuna_jax.data.prepare --input=raw.json --output_dir=DIR --tokenizer=tokenizer.model|HF_DIR \
-        [--max_length=2048] [--template=vicuna_v1.1|hf|llama-3|chatml|mistral] [--validation_fraction=0.02] \
+        [--max_length=2048] [--template=auto|vicuna_v1.1|hf|llama-3|chatml|mistral] \
+        [--validation_fraction=0.02] \
         [--num_workers=0] [clean flags]
 
 The held-out split is chosen per original conversation (by a seeded hash of its id) before long conversations
 are split, so pieces of one conversation never end up on both sides. `DIR/meta.json` records a key over the
-input bytes, the tokenizer fingerprint and every option; a later call with the same key reuses the dataset.
+input bytes, the tokenizer fingerprint, the chat template's sha256 and every option; a later call with the
+same key reuses the dataset. `meta["chat_format"]` is the chat format record (`data.chat_format`: template,
+tokenizer, end-of-turn ids, max_length) that training checks the run against.
 `meta["splits"][split]["examples"]` is the number of training examples (pieces) in each split written, and
 `["conversations"]` the number of cleaned conversations they came from. Input with no usable conversation, or
 whose every conversation would be held out, is a UserError naming the file and the reject counts.
@@ -30,7 +33,9 @@ import time
 from collections import Counter
 
 from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_encode import AlignmentError
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.data.clean import CleanConfig, Cleaner, add_clean_flags, config_from_flags
 from vicuna_jax.data.formats import (
     check_input_file,
@@ -39,14 +44,15 @@ from vicuna_jax.data.formats import (
     os_error_message,
     read_records,
 )
-from vicuna_jax.data.split import add_encoding_flags, load_encoding_inputs
+from vicuna_jax.data.split import add_encoding_flags
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
 from vicuna_jax.data.tokenizer import Tokenizer
 from vicuna_jax.data.workers import WorkerPool, chunked, encode_chunk, resolve_workers
 from vicuna_jax.fileio import atomic_write_json
 
-# 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed; 3: HF tokenizers, Jinja templates
-PIPELINE_VERSION = 3
+# 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed; 3: HF tokenizers, Jinja
+# templates; 4: the chat format record in meta.json (and HF tokenizer fingerprints without the chat template)
+PIPELINE_VERSION = 4
 TRAIN, VALIDATION = "train", "validation"
 TEMPLATE_REJECTS = "template_rejects.jsonl"
 
@@ -76,7 +82,7 @@ def prepare_dataset(
     *,
     tokenizer: str | Tokenizer,
     max_length: int = 2048,
-    template: str = "vicuna_v1.1",
+    template: str | ChatFormat = chat_format.AUTO,
     validation_fraction: float = 0.02,
     seed: int = 0,
     clean_config: CleanConfig | None = None,
@@ -87,10 +93,16 @@ def prepare_dataset(
 ) -> str:
     """Prepare (or reuse) a dataset; returns `output_dir`, ready for `loader.make_train_iterator`.
 
-    Raises UserError for an unreadable input, tokenizer or template, an unwritable `output_dir`, or input in
-    which no conversation survives cleaning."""
+    `template`: a name (`auto`: the one rule of `data.chat_format`) or a resolved ChatFormat (whose tokenizer
+    is then used). Raises UserError for an unreadable input, tokenizer or template, an unwritable
+    `output_dir`, or input in which no conversation survives cleaning."""
     check_input_file(input_path)
-    tok = load_encoding_inputs(tokenizer, template)
+    if isinstance(template, ChatFormat):
+        fmt = template
+    else:
+        fmt = chat_format.resolve(tokenizer, template)
+    fmt = fmt.with_max_length(max_length)
+    tok = fmt.tokenizer
     if not 0.0 <= validation_fraction < 1.0:
         raise UserError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     clean_config = clean_config or CleanConfig()
@@ -99,7 +111,7 @@ def prepare_dataset(
         "input_sha256": _file_digest(input_path),
         "tokenizer_fingerprint": tok.fingerprint,
         "max_length": max_length,
-        "template": template,
+        "template_sha256": fmt.template_sha256,
         "validation_fraction": validation_fraction,
         "seed": seed,
         "long_exchange": long_exchange,
@@ -119,10 +131,12 @@ def prepare_dataset(
     workers = resolve_workers(num_workers, input_path)
 
     meta = {"key": key, "options": options, "input": os.path.abspath(input_path), "tokenizer": tok.model_path,
-            "builder": BUILDER_NAME, "num_workers": workers}
-    encode_options = (tok, max_length, template, long_exchange)
+            "builder": BUILDER_NAME, "num_workers": workers, "chat_format": fmt.record()}
+    if verbose:
+        print(f"prepare: chat format {fmt.describe()}", file=sys.stderr)
+    encode_options = (tok, max_length, fmt.spec, long_exchange)
     with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes for every stage
-        cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, template,
+        cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, fmt.template,
                                                      validation_fraction, seed, clean_config, pool)
     meta["seconds"] = round(time.time() - t0, 2)
     atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete

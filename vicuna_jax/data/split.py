@@ -1,7 +1,7 @@
 """Split long conversations at exchange boundaries so every piece fits `max_length` tokens.
 
     python -m vicuna_jax.data.split --input=clean.jsonl --output=split.jsonl --max_length=2048 \
-        --tokenizer=path/to/tokenizer.model [--template=vicuna_v1.1] [--long_exchange=truncate|drop]
+        --tokenizer=path/to/tokenizer.model [--template=auto] [--long_exchange=truncate|drop]
 
 Pieces are named `<id>_<n>` and each keeps the record's system message. Unlike FastChat's splitter, no
 exchange is lost at a split point. An exchange that alone exceeds `max_length` becomes its own piece (its
@@ -194,11 +194,12 @@ def _split_raw(raw: RawRecord, tokenizer, max_length, template, long_exchange, s
 
 def add_encoding_flags(ap: argparse.ArgumentParser) -> None:
     """The flags split and prepare share: how conversations are tokenized, templated and cut to length."""
-    ap.add_argument(
-        "--tokenizer", required=True, help="sentencepiece .model or a directory with tokenizer.model"
-    )
+    ap.add_argument("--tokenizer", required=True,
+                    help="sentencepiece .model, tokenizer.json, or a directory with either")
     ap.add_argument("--max_length", type=int, default=2048)
-    ap.add_argument("--template", default="vicuna_v1.1")
+    ap.add_argument("--template", default="auto",
+                    help="auto (the tokenizer's own chat template, else vicuna_v1.1), hf (the tokenizer's "
+                         "own), or a named template")
     ap.add_argument("--long_exchange", choices=("truncate", "drop"), default="truncate")
 
 

@@ -16,6 +16,14 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_model_pb2
 
+from vicuna_jax.data.hf_tokenizer import (
+    char_to_byte_offsets,
+    is_hf_tokenizer_path,
+    load_hf_tokenizer,
+    read_hf_tokenizer_config,
+    save_hf_tokenizer_files,
+)
+
 # sentencepiece's BPE slows down on long strings (~2.7M tok/s at 1K chars, ~1.1M at 10K on our CPU). A single
 # space between two non-space characters is a word boundary no piece crosses, so long texts are encoded in
 # parts split there: the dummy prefix of each later part stands for the removed space. Exactly the same ids.
@@ -26,9 +34,11 @@ _SPLIT_SPACE = re.compile(r"(?<=\S) (?=\S)")
 class Tokenizer:
     """A loaded sentencepiece model. Picklable (it pickles the serialized model, ~0.5 MB for LLaMA)."""
 
-    def __init__(self, model_proto: bytes, model_path: str | None = None):
+    def __init__(self, model_proto: bytes, model_path: str | None = None, chat_template: str | None = None):
         self.model_path = model_path
         self._proto = model_proto
+        # The Jinja chat template of a tokenizer_config.json next to the model (HF layout), if any.
+        self.chat_template = chat_template
         self.sp = spm.SentencePieceProcessor()
         self.sp.LoadFromSerializedProto(model_proto)
         self.vocab_size: int = self.sp.get_piece_size()
@@ -42,6 +52,14 @@ class Tokenizer:
         self._special_ids = frozenset(
             i for i in range(self.vocab_size) if self.sp.is_control(i) or self.sp.is_unknown(i)
         )
+        # What a chat template's text may hold as tokens (`<s>`, `</s>`, `<unk>`), as HF's LlamaTokenizer
+        # has them: the Jinja path (`encode_with_specials`) splits rendered text at these strings.
+        self.added_tokens: dict[str, int] = {self.sp.id_to_piece(i): i for i in sorted(self._special_ids)}
+        unk = self.sp.id_to_piece(self.unk_id) if self.unk_id >= 0 else None
+        names = {"bos_token": self.bos_piece, "eos_token": self.eos_piece, "unk_token": unk}
+        self.special_tokens: dict[str, str] = {k: v for k, v in names.items() if v is not None}
+        self._specials_re = re.compile("|".join(map(re.escape, sorted(self.added_tokens, key=len,
+                                                                        reverse=True))))
         self._byte_len = self._piece_byte_lengths()
         spec = sp_model_pb2.ModelProto.FromString(model_proto).normalizer_spec
         # Offsets from piece lengths are exact only when the text reaches the model unchanged.
@@ -61,10 +79,11 @@ class Tokenizer:
 
     # -- pickling: grain workers re-create the processor from the serialized model -----------------------
     def __getstate__(self) -> dict:
-        return {"model_proto": self._proto, "model_path": self.model_path}
+        return {"model_proto": self._proto, "model_path": self.model_path,
+                "chat_template": self.chat_template}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["model_proto"], state["model_path"])
+        self.__init__(state["model_proto"], state["model_path"], state.get("chat_template"))
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
@@ -119,6 +138,48 @@ class Tokenizer:
                 out.append(self._offsets(text, np.asarray(self._sp_ids(text), dtype=np.int32)))
         return out
 
+    def encode_with_specials(self, texts: Sequence[str]) -> list[tuple[np.ndarray, SpanEncoding]]:
+        """For rendered chat-template text, as HF's LlamaTokenizer (legacy) tokenizes it: `<s>`, `</s>` and
+        `<unk>` in the text become their ids; each text between them is encoded with sentencepiece's dummy
+        prefix, which a leading space stands in for (HF's Metaspace prepends "▁" only when the text does not
+        already start with one). (ids, character-offset encoding) per text; nothing is added."""
+        out = []
+        for text in texts:
+            ids: list[np.ndarray] = []
+            spans: list[np.ndarray] = []
+            at = 0
+            for m in [*self._specials_re.finditer(text), None]:
+                end = m.start() if m is not None else len(text)
+                if end > at:
+                    ids_, spans_ = self._segment(text[at:end])
+                    ids.append(ids_)
+                    spans.append(spans_ + at)
+                if m is not None:
+                    ids.append(np.array([self.added_tokens[m.group()]], np.int32))
+                    spans.append(np.array([[m.start(), m.end()]], np.int64))
+                    at = m.end()
+            ids_all = np.concatenate(ids).astype(np.int32) if ids else np.zeros((0,), np.int32)
+            spans_all = np.concatenate(spans) if spans else np.zeros((0, 2), np.int64)
+            out.append((ids_all, SpanEncoding(ids_all, spans_all, len(text))))
+        return out
+
+    def _segment(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, [N, 2] character spans) of text between special tokens."""
+        lead = 1 if text.startswith(" ") and self._dummy_prefix else 0
+        body = text[lead:]
+        if not body:  # a lone space: the dummy prefix alone
+            return np.array([self.sp.piece_to_id("\u2581")], np.int32), np.array([[0, 1]], np.int64)
+        ids, starts, ends = self.encode_with_offsets(body)
+        bounds = char_to_byte_offsets(body)
+        char_starts = np.searchsorted(bounds, starts, side="right") - 1 + lead
+        char_ends = np.searchsorted(bounds, ends, side="left") + lead
+        if lead and len(char_starts):
+            char_starts[0] = 0  # the first token's "▁" is the leading space
+        # A lone dummy-prefix "▁" (before a digit, say) covers no text; HF gives it the next character.
+        empty = char_ends <= char_starts
+        char_ends[empty] = np.minimum(char_starts[empty] + 1, len(text))
+        return ids, np.stack([char_starts, char_ends], axis=1).astype(np.int64)
+
     # -- internals ---------------------------------------------------------------------------------------
     def _sp_ids(self, text: str) -> list[int]:
         """sentencepiece ids of `text`, long texts in parts (see `_PART_CHARS`)."""
@@ -168,12 +229,31 @@ class Tokenizer:
         return ids, starts.astype(np.int32), ends.astype(np.int32)
 
 
+class SpanEncoding:
+    """The parts of a `tokenizers.Encoding` the chat encoder uses, for sentencepiece ids: character offsets,
+    `char_to_token` and `token_to_chars`."""
+
+    def __init__(self, ids: np.ndarray, spans_Nx2: np.ndarray, num_chars: int):
+        self.ids = [int(i) for i in ids]
+        self.offsets = [(int(a), int(b)) for a, b in spans_Nx2]
+        self._token_of_char = np.full((num_chars,), -1, np.int64)
+        for k in range(len(self.offsets) - 1, -1, -1):  # the first token covering a character wins
+            a, b = self.offsets[k]
+            self._token_of_char[a:b] = k
+
+    def char_to_token(self, c: int) -> int | None:
+        if not 0 <= c < len(self._token_of_char) or self._token_of_char[c] < 0:
+            return None
+        return int(self._token_of_char[c])
+
+    def token_to_chars(self, k: int) -> tuple[int, int]:
+        return self.offsets[k]
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer: a sentencepiece `.model` file, a Hugging Face `tokenizer.json`, or a directory
     holding either (HF checkpoint layout; `tokenizer.json` wins, as in transformers). A tokenizer.json
     tokenizer is an `hf_tokenizer.HFTokenizer`, which has this class's interface."""
-    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer
-
     path = os.fspath(path)
     if is_hf_tokenizer_path(path):
         return load_hf_tokenizer(path)
@@ -183,8 +263,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"tokenizer model not found: {model_file}{extra}")
     with open(model_file, "rb") as f:
         proto = f.read()
+    # An HF LLaMA directory keeps the chat template in tokenizer_config.json next to tokenizer.model.
+    config = read_hf_tokenizer_config(os.path.dirname(os.path.abspath(model_file)))
+    template = config.get("chat_template")
     try:
-        return Tokenizer(proto, model_path=os.path.abspath(model_file))
+        return Tokenizer(proto, model_path=os.path.abspath(model_file),
+                         chat_template=template if isinstance(template, str) and template else None)
     except (RuntimeError, OSError) as e:
         raise ValueError(f"not a sentencepiece model: {model_file}: {e}") from e
 
@@ -206,8 +290,6 @@ def copy_tokenizer(path: str, directory: str, chat_template: str | None = None) 
     """Stores the tokenizer at `path` in `directory` (tokenizer.model, or an HF tokenizer in `tokenizer/`,
     its tokenizer_config.json carrying `chat_template` when given); returns the stored path."""
     import shutil
-
-    from vicuna_jax.data.hf_tokenizer import is_hf_tokenizer_path, load_hf_tokenizer, save_hf_tokenizer_files
 
     if is_hf_tokenizer_path(path):
         out = os.path.join(directory, TOKENIZER_DIR)

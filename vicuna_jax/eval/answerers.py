@@ -28,6 +28,7 @@ class GeneratorLike(Protocol):
 
     cfg: Any
     tokenizer: Any
+    chat_format: Any
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]: ...
 
@@ -35,30 +36,23 @@ class GeneratorLike(Protocol):
 class LocalAnswerer:
     """Batched multi-turn answers from a local model; reusable for serving whole conversations."""
 
-    def __init__(self, generator: GeneratorLike, *, template: str = "vicuna_v1.1", system: str | None = None,
+    def __init__(self, generator: GeneratorLike, *, system: str | None = None,
                  max_new_tokens: int = 1024, top_p: float = 1.0, top_k: int = 0,
                  stop_strings: Sequence[str] = ()) -> None:
-        from vicuna_jax.data import get_template
-
-        try:
-            template_stops = tuple(get_template(template).stop_strings)
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        """Prompts are made in the generator's chat format (resolved when it was loaded)."""
         self.generator = generator
-        self.template, self.system = template, system
+        self.chat_format, self.system = generator.chat_format, system
         self.max_new_tokens, self.top_p, self.top_k = max_new_tokens, top_p, top_k
-        self.stop_strings = template_stops + tuple(stop_strings)
+        self.stop_strings = tuple(self.chat_format.stop_strings) + tuple(stop_strings)
 
     def prompt_ids(self, questions: Sequence[str], answers: Sequence[str]) -> list[int]:
         """The generation prompt for turn len(answers)+1: earlier questions with the model's own answers."""
-        from vicuna_jax.data import encode_prompt
-
         turns: list[dict[str, str]] = []
         for k, q in enumerate(questions[: len(answers) + 1]):
             turns.append({"from": "human", "value": q})
             if k < len(answers):
                 turns.append({"from": "gpt", "value": answers[k]})
-        return encode_prompt(turns, self.generator.tokenizer, template=self.template, system=self.system)
+        return self.chat_format.encode_prompt(turns, system=self.system)
 
     def answer_batch(self, conversations: Sequence[Sequence[str]], temperature: float,
                      seed: int = 0) -> list[TurnAnswers]:

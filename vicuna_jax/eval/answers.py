@@ -340,20 +340,18 @@ def main(argv: list[str]) -> None:
             f.openai_model, base_url=f.base_url, system=f.system, max_new_tokens=config.max_new_tokens,
             top_p=config.top_p, max_retries=f.max_retries, timeout_s=f.timeout)
     else:
-        from vicuna_jax.data import get_template
+        from vicuna_jax.data.chat_format import get_named
 
-        try:
-            get_template(f.template)  # fail before loading a model
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        if f.template != "auto":
+            get_named(f.template)  # an unknown name fails before a model is loaded
 
         def answerer() -> LocalAnswerer:
             from vicuna_jax.generate import load_generator
 
             gen = load_generator(f.model, f.tokenizer, f.dtype, template=f.template, adapter=f.adapter)
-            logging.info("model %s: context %d tokens, template %s", f.model, gen.cfg.max_position_embeddings,
-                         f.template)
-            return LocalAnswerer(gen, template=f.template, system=f.system,
+            logging.info("model %s: context %d tokens, chat format %s", f.model,
+                         gen.cfg.max_position_embeddings, gen.chat_format.describe())
+            return LocalAnswerer(gen, system=f.system,
                                  max_new_tokens=config.max_new_tokens, top_p=config.top_p, top_k=config.top_k,
                                  stop_strings=tuple(f.stop or ()))
     summary = run_answers(config, answerer)
@@ -376,8 +374,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("question_file", None, "Questions jsonl, FastChat or older Vicuna format "
                         "(default: the bundled sample questions).")
     flags.DEFINE_string("answer_file", None, "Answers jsonl; rows already there are skipped.", required=True)
-    flags.DEFINE_string("template", "auto", "Chat template of the local model (auto: its own when its "
-                        "tokenizer has one, else vicuna_v1.1).")
+    flags.DEFINE_string("template", "auto", "Chat template of the local model (auto: the format it records, "
+                        "else its tokenizer's own template, else vicuna_v1.1).")
     flags.DEFINE_string("system", None, "System message. Unset: the chat template's default (local models) "
                         f"or FastChat's '{API_SYSTEM_MESSAGE}' (--openai_model); --system= sends none.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")

@@ -18,6 +18,7 @@ import numpy as np
 from absl import logging
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.lora.config import LoRAConfig
 
 BASE_DIR = "base"  # workdir/base: the base of a LoRA run started from random weights, as an HF directory
@@ -67,7 +68,7 @@ def settings(lora: LoRAConfig) -> dict[str, Any]:
             "base_dtype": lora.base_dtype, "quant_block_size": lora.quant_block_size}
 
 
-def for_run(cfg: Any, workdir: str, tokenizer_path: str | None) -> BaseModel:
+def for_run(cfg: Any, workdir: str, fmt: ChatFormat | None) -> BaseModel:
     """The base of LoRA training config `cfg` (a TrainConfig): `init_from_hf`, else random weights from
     `cfg.seed` in the base dtype, written once to `workdir/base` (an HF directory, the adapter's base)."""
     from vicuna_jax.convert import load_hf, save_hf
@@ -84,8 +85,8 @@ def for_run(cfg: Any, workdir: str, tokenizer_path: str | None) -> BaseModel:
             import jax
 
             if jax.process_index() == 0:
-                save_hf(params, cfg.model, source, dtype=cfg.lora.base_dtype, tokenizer=tokenizer_path,
-                        template=cfg.data.template, overwrite=True)
+                save_hf(params, cfg.model, source, dtype=cfg.lora.base_dtype, chat_format=fmt,
+                        overwrite=True)
             logging.info("LoRA base: random weights (seed %d) saved to %s", cfg.seed, source)
     base = BaseModel(params=params, source=source, fingerprint=fingerprint(params))
     logging.info("LoRA base %s, fingerprint %s", source, base.fingerprint[:16])

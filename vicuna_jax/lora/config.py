@@ -79,14 +79,20 @@ def _fail(key: str, message: str) -> None:
 
 
 def parse_targets(value: Any, where: str = "config.lora.target_modules") -> tuple[str, ...]:
-    """'q,v' / 'q_proj,v_proj' / a list -> HF names in HF's order."""
-    if value == "all":
+    """'q,v' / 'q_proj,v_proj' / a list -> HF names in HF's order. PEFT's forms are read too: "all-linear"
+    (every projection; the LM head is never adapted), and full module paths such as
+    'model.layers.0.mlp.down_proj' (what peft writes for target_modules="all-linear"): the last component
+    names the projection (PEFT matches a name by its suffix)."""
+    if value in ("all", "all-linear"):
         return tuple(TARGETS)
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
     names = []
     for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{where}: expected module names, got {item!r}")
         if not item:
             continue
+        item = item.rsplit(".", 1)[-1]
         name = item if item.endswith("_proj") else f"{item}_proj"
         if name not in TARGETS:
             raise ConfigError(f"{where}: unknown module {item!r}; choose from q, k, v, o, gate, up, down "
@@ -174,7 +180,7 @@ def read_adapter_config(directory: str, where: str = "--adapter") -> dict[str, A
             raise ConfigError(f"{path}: {key}={data[key]!r} is not supported (plain LoRA on the "
                               "attention/MLP projections only)")
     targets = data.get("target_modules")
-    if isinstance(targets, str):
+    if isinstance(targets, str) and targets != "all-linear":
         raise ConfigError(f"{path}: target_modules as a regular expression ({targets!r}) is not supported; "
                           "list the module names")
     data["targets"] = parse_targets(targets or [], f"{path}: target_modules")

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.tokenizer import find_tokenizer_in
 from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape
 from vicuna_jax.model.config import LlamaConfig
 
@@ -51,16 +53,15 @@ def resolve(model_path: str, adapter: str | None) -> tuple[str, str | None]:
 
 def read_adapter(path: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, Any], dict[str, Any] | None,
                                                         str | None]:
-    """(settings, stacked adapters as numpy, record or None, tokenizer.model found with it or None)."""
+    """(settings, stacked adapters as numpy, record or None, the tokenizer stored with it or None)."""
     from vicuna_jax.lora.peft import ADAPTER_CONFIG, load_peft
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise UserError(f"--adapter: no such directory: {path}")
-    tokenizer = os.path.join(path, "tokenizer.model")
     if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
         lora, adapters, record = load_peft(path, cfg)
-        return lora, adapters, record, tokenizer if os.path.isfile(tokenizer) else None
+        return lora, adapters, record, find_tokenizer_in(path)
     step_dir = lora_step_dir(path)
     if step_dir is None:
         raise UserError(f"--adapter: {path} is neither a PEFT adapter directory ({ADAPTER_CONFIG}) nor a "
@@ -117,6 +118,19 @@ def read_checked_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str,
     return lora, adapters, record, tokenizer
 
 
+def adapter_chat_format(adapter: str) -> tuple[dict[str, Any] | None, str]:
+    """(the chat format record an adapter was trained in, where) — a PEFT directory's chat_format.json or a
+    LoRA checkpoint's record; (None, "") when it has none."""
+    from vicuna_jax.checkpoint import read_chat_format
+
+    path = os.path.abspath(os.fspath(adapter))
+    step_dir = lora_step_dir(path)
+    if step_dir is not None:
+        return read_chat_format(step_dir)
+    record = chat_format.read_record(path)
+    return record, os.path.join(path, chat_format.FORMAT_FILE) if record is not None else ""
+
+
 def recorded_base(adapter: str) -> str | None:
     """The base directory an adapter names (our record, else PEFT's base_model_name_or_path), if it exists
     here."""
@@ -149,7 +163,7 @@ def recorded_base(adapter: str) -> str | None:
 def apply_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str,
                   base_path: str) -> tuple[dict[str, Any], str | None]:
     """The base `params` (from `base_path`) with the adapter in `adapter` merged in (checked against the
-    base's fingerprint when the adapter records one); and a tokenizer.model found with the adapter, if any."""
+    base's fingerprint when the adapter records one); and the tokenizer stored with the adapter, if any."""
     from absl import logging
 
     from vicuna_jax.lora.peft import merged_params

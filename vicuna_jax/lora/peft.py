@@ -19,6 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.fileio import resolve_output_dir, writing_dir
 from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape, read_adapter_config
 from vicuna_jax.model.config import ConfigError, LlamaConfig
@@ -54,12 +55,11 @@ def adapter_config(lora: LoRAConfig, base_model: str) -> dict[str, Any]:
 
 
 def save_peft(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, out_dir: str, *, base_model: str,
-              record: dict[str, Any] | None = None, dtype: str = "float32", tokenizer: str | None = None,
-              template: str = "vicuna_v1.1", overwrite: bool = False) -> str:
-    """Writes `adapters` (nested dict, stacked; host or device arrays) as a PEFT adapter directory."""
+              record: dict[str, Any] | None = None, dtype: str = "float32",
+              chat_format: ChatFormat | None = None, overwrite: bool = False) -> str:
+    """Writes `adapters` (nested dict, stacked; host or device arrays) as a PEFT adapter directory; with
+    `chat_format`, its tokenizer files (chat template included) and `chat_format.json` beside them."""
     from safetensors.numpy import save_file
-
-    from vicuna_jax.convert import write_hf_tokenizer
 
     if dtype not in DTYPES:
         raise AdapterError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -81,9 +81,8 @@ def save_peft(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, out_
         save_file(dict(sorted(tensors.items())), os.path.join(tmp, ADAPTER_WEIGHTS), metadata=metadata)
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
             json.dump(adapter_config(lora, base_model), f, indent=2)
-        if tokenizer is not None:
-            write_hf_tokenizer(tokenizer, tmp, template=template,
-                               model_max_length=cfg.max_position_embeddings)
+        if chat_format is not None:
+            chat_format.write_hf_files(tmp, model_max_length=cfg.max_position_embeddings)
     return out_dir
 
 

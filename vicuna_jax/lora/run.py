@@ -17,15 +17,16 @@ from absl import logging
 
 from vicuna_jax import parallel
 from vicuna_jax.checkpoint import LORA_ITEM
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.lora import base as base_lib
 from vicuna_jax.lora.base import BaseModel
 
 ADAPTER_DIR = "adapter"  # workdir/adapter: the PEFT adapter written when training finishes
 
 
-def prepare(cfg: Any, workdir: str, tokenizer_path: str | None) -> BaseModel:
+def prepare(cfg: Any, workdir: str, fmt: ChatFormat | None) -> BaseModel:
     """The run's base model (loaded, fingerprinted; saved to workdir/base when random)."""
-    base = base_lib.for_run(cfg, workdir, tokenizer_path)
+    base = base_lib.for_run(cfg, workdir, fmt)
     lora = cfg.lora
     trainable = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(_abstract_adapter_shapes(cfg)))
     logging.info("LoRA: rank %d, alpha %g (scale %.3g), dropout %g on %s; %.2fM trainable parameters (%.3f%% "
@@ -67,7 +68,7 @@ def adapter_exported(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, ADAPTER_DIR, ADAPTER_CONFIG))
 
 
-def export(state: Any, base: BaseModel, cfg: Any, workdir: str, tokenizer_path: str | None,
+def export(state: Any, base: BaseModel, cfg: Any, workdir: str, fmt: ChatFormat | None,
            merged: bool) -> tuple[str, str | None]:
     """Writes workdir/adapter (PEFT) and, if `merged`, workdir/hf (base + adapters merged, HF format).
     Returns their paths (hf None when not written)."""
@@ -79,14 +80,13 @@ def export(state: Any, base: BaseModel, cfg: Any, workdir: str, tokenizer_path: 
     hf_dir = os.path.join(workdir, "hf") if merged else None
     if jax.process_index() == 0:
         save_peft(adapters, cfg.lora, cfg.model, adapter_dir, base_model=base.source,
-                  record=base.record(cfg.lora), tokenizer=tokenizer_path, template=cfg.data.template,
-                  overwrite=True)
+                  record=base.record(cfg.lora), chat_format=fmt, overwrite=True)
         logging.info("exported the PEFT adapter to %s", adapter_dir)
         if merged:
             # Merged into the base as stored (not its quantized copy): what PEFT's merge_and_unload does.
             _, base_params = load_hf(base.source)
             save_hf(merged_params(base_params, adapters, cfg.lora), cfg.model, hf_dir, dtype=cfg.export_dtype,
-                    tokenizer=tokenizer_path, template=cfg.data.template, overwrite=True)
+                    chat_format=fmt, overwrite=True)
             logging.info("exported the merged Hugging Face model to %s", hf_dir)
     parallel.sync_processes("lora_export")
     return adapter_dir, hf_dir

@@ -1,7 +1,7 @@
 """`python -m vicuna_jax.serve`: an OpenAI-compatible server and a chat page for one model.
 
     python -m vicuna_jax.serve --model=DIR [--host=127.0.0.1] [--port=8000] [--max_batch=16]
-        [--template=vicuna_v1.1] [--model_name=NAME] [--api_key=KEY]   (or VICUNA_JAX_API_KEY=KEY)
+        [--template=auto] [--model_name=NAME] [--api_key=KEY]   (or VICUNA_JAX_API_KEY=KEY)
         [--max_body_bytes=8388608] [--max_connections=512] [--header_timeout=20] [--body_timeout=30]
         [--keep_alive_timeout=30] [--max_header_bytes=16384]
 
@@ -22,7 +22,7 @@ API_KEY_ENV = "VICUNA_JAX_API_KEY"
 def main(argv: list[str]) -> None:
     from absl import flags, logging
 
-    from vicuna_jax.data import get_template
+    from vicuna_jax.data.chat_format import get_named
     from vicuna_jax.serve.api import ServeConfig, build_app
     from vicuna_jax.serve.limits import ConnectionLimits
     from vicuna_jax.serve.server import bind, load_engine, make_server
@@ -40,10 +40,8 @@ def main(argv: list[str]) -> None:
                               max_connections=f.max_connections, max_header_bytes=f.max_header_bytes)
     if not 0 <= f.port <= 65535:
         raise UserError(f"--port must be in [0, 65535], got {f.port}")
-    try:
-        get_template(f.template)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    if f.template != "auto":
+        get_named(f.template)  # an unknown name fails before the socket is bound
     if not os.path.exists(f.model):
         raise UserError(f"--model: no such directory: {f.model}")
     api_key = f.api_key or os.environ.get(API_KEY_ENV) or None
@@ -53,14 +51,15 @@ def main(argv: list[str]) -> None:
     except OSError as e:
         raise UserError(f"cannot listen on {f.host}:{f.port}: {e}") from None
     try:
-        engine, tokenizer = load_engine(f.model, tokenizer=f.tokenizer, dtype=f.dtype, max_batch=f.max_batch,
-                                        decode_steps=f.decode_steps, max_seq_len=f.max_seq_len or None,
-                                        max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens,
-                                        template=f.template, adapter=f.adapter)
+        engine, fmt = load_engine(f.model, tokenizer=f.tokenizer, dtype=f.dtype, max_batch=f.max_batch,
+                                  decode_steps=f.decode_steps, max_seq_len=f.max_seq_len or None,
+                                  max_waiting=f.max_waiting, max_prefill_tokens=f.max_prefill_tokens,
+                                  template=f.template, adapter=f.adapter)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    app = build_app(engine, tokenizer, ServeConfig(name, f.template, api_key, max_body_bytes=f.max_body_bytes,
-                                                   body_timeout=f.body_timeout))
+    logging.info("chat format: %s", fmt.describe())
+    app = build_app(engine, fmt, ServeConfig(name, api_key, max_body_bytes=f.max_body_bytes,
+                                             body_timeout=f.body_timeout))
     host, port = sock.getsockname()[:2]
     logging.info("serving model '%s' (context %d, %d rows) at http://%s:%d/ (chat page) and /v1 (API)%s",
                  name, engine.context_len, f.max_batch, host, port, "; API key required" if api_key else "")

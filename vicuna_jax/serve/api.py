@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vicuna_jax.data import encode_prompt, get_template
+from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.serve.engine import Engine, EngineFull, SeqEvent, SeqHandle, SeqRequest
 from vicuna_jax.serve.limits import RequestLimits
 from vicuna_jax.serve.protocol import (
@@ -53,7 +53,6 @@ MAX_PROMPTS = 64  # prompts in one /v1/completions request
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     model_name: str
-    template: str = "vicuna_v1.1"
     api_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES  # larger bodies get 413 as soon as they pass it
     body_timeout: float = 30.0  # a body that stalls this long (seconds) gets 408
@@ -82,9 +81,9 @@ class ApiKeyMiddleware:
 class Api:
     """Request handlers; one instance per app."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, config: ServeConfig):
-        self.engine, self.tokenizer, self.config = engine, tokenizer, config
-        self.template = get_template(config.template)
+    def __init__(self, engine: Engine, fmt: ChatFormat, config: ServeConfig):
+        self.engine, self.chat_format, self.config = engine, fmt, config
+        self.tokenizer = fmt.tokenizer
         self.created = int(time.time())
 
     # ------------------------------------------------------------ simple routes
@@ -114,10 +113,10 @@ class Api:
         sampling = parse_sampling(body, max_n=self.engine.max_batch)
         messages = parse_messages(body)
         try:
-            ids = encode_prompt(messages, self.tokenizer, template=self.template)
+            ids = self.chat_format.encode_prompt(messages)
         except ValueError as e:
             raise bad(str(e), "messages") from None
-        stops = tuple(self.template.stop_strings) + sampling.stop
+        stops = self.chat_format.stop_strings + sampling.stop
         return await self._generate(request, "chat", [ids], sampling, stops, "messages")
 
     async def completions(self, request: Request) -> Response:
@@ -271,9 +270,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, 500)
 
 
-def build_app(engine: Engine, tokenizer: Any, config: ServeConfig) -> ASGIApp:
+def build_app(engine: Engine, fmt: ChatFormat, config: ServeConfig) -> ASGIApp:
     """The ASGI app: /v1 API, /health, and the chat page at /."""
-    api = Api(engine, tokenizer, config)
+    api = Api(engine, fmt, config)
     routes = [
         Route("/", api.index),
         Route("/health", api.health),

@@ -3,6 +3,7 @@ either in the foreground (the CLI) or in a background thread (tests, benchmarks)
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,6 +12,10 @@ from typing import Any
 import jax.numpy as jnp
 import uvicorn
 
+from vicuna_jax.cli import UserError
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.load import load_model
 from vicuna_jax.serve.engine import Engine
 from vicuna_jax.serve.limits import ConnectionLimits, protocol_class
 
@@ -18,24 +23,24 @@ from vicuna_jax.serve.limits import ConnectionLimits, protocol_class
 def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "float32", max_batch: int = 16,
                 decode_steps: int = 8, max_seq_len: int | None = None, max_waiting: int = 256,
                 max_prefill_tokens: int = 8192, warmup: bool = True,
-                template: str | None = None, adapter: str | None = None) -> tuple[Engine, Any]:
-    """Loads a checkpoint or HF directory into a started Engine; returns (engine, tokenizer). Replies stop
-    at the model's EOS ids and the end-of-turn tokens of the chat `template`."""
-    from vicuna_jax.data import load_tokenizer
-    from vicuna_jax.data.chat_encode import stop_token_ids
-    from vicuna_jax.model.load import load_model
-
-    model, _, tok_path = load_model(model_path, tokenizer=tokenizer, adapter=adapter, dtype=jnp.dtype(dtype))
-    if tok_path is None:
-        raise FileNotFoundError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
-                                "pass --tokenizer")
-    tok = load_tokenizer(tok_path)
-    engine = Engine(model, tok, max_batch=max_batch, decode_steps=decode_steps, max_seq_len=max_seq_len,
-                    max_waiting=max_waiting, max_prefill_tokens=max_prefill_tokens,
-                    extra_eos_ids=stop_token_ids(tok, template))
+                template: str | None = chat_format.AUTO, adapter: str | None = None
+                ) -> tuple[Engine, ChatFormat]:
+    """Loads a checkpoint or HF directory into a started Engine; returns (engine, its chat format: the one
+    rule of `vicuna_jax.load`). Replies stop at the model's EOS ids and the format's end-of-turn ids.
+    UserError for a model, tokenizer or template that cannot be used."""
+    if not os.path.exists(model_path):
+        raise UserError(f"--model: no such directory: {model_path}")
+    model, _, fmt = load_model(model_path, tokenizer=tokenizer, adapter=adapter, template=template,
+                               dtype=jnp.dtype(dtype))
+    if fmt is None:
+        raise UserError(f"no tokenizer (tokenizer.model or tokenizer.json) found with {model_path}; "
+                        "pass --tokenizer")
+    engine = Engine(model, fmt.tokenizer, max_batch=max_batch, decode_steps=decode_steps,
+                    max_seq_len=max_seq_len, max_waiting=max_waiting, max_prefill_tokens=max_prefill_tokens,
+                    extra_eos_ids=fmt.eos_token_ids)
     if warmup:
         engine.warmup()
-    return engine.start(), tok
+    return engine.start(), fmt
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -46,9 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = BUNDLED_DATA  # raw ShareGPT .json/.jsonl (prepared into workdir/data), or a prepared dir.
-    # vicuna_v1.1 | vicuna_v0 | llama-2 | llama-3 | chatml | mistral | hf (the tokenizer's own Jinja template)
-    # | auto (hf when the tokenizer has a template, else vicuna_v1.1).
-    c.data.template = "vicuna_v1.1"
+    # auto: what this workdir or a prepared data.path records, else the tokenizer's own chat template, else
+    # vicuna_v1.1 (`vicuna_jax.data.chat_format`); or vicuna_v1.1 | vicuna_v0 | llama-2 | llama-3 | chatml |
+    # mistral | hf (the tokenizer's own Jinja template), which must agree with a record.
+    c.data.template = "auto"
     c.data.validation_fraction = 0.02  # held-out share when preparing from raw data.
     c.data.packing = True  # False = FastChat-style one conversation per row, padded.
     c.data.window = 2048  # conversations packed together per shuffled window.
@@ -263,7 +264,7 @@ class RunOptions:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     path: str = BUNDLED_DATA
-    template: str = "vicuna_v1.1"
+    template: str = "auto"
     validation_fraction: float = 0.02
     packing: bool = True
     window: int = 2048

@@ -10,15 +10,16 @@ import jax
 
 from vicuna_jax import parallel
 from vicuna_jax.cli import UserError
+from vicuna_jax.data import chat_format
+from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.store import META_FILE, PreparedDataset
+from vicuna_jax.data.tokenizer import bundled_tokenizer_path, find_tokenizer_in
 from vicuna_jax.train.config import BUNDLED_DATA, TrainConfig
 
 
 def resolve_tokenizer(cfg: TrainConfig) -> str:
     """`tokenizer` when set; else the HF model's own tokenizer (tokenizer.json, else tokenizer.model); else
     the bundled demo tokenizer."""
-    from vicuna_jax.data import bundled_tokenizer_path
-    from vicuna_jax.data.tokenizer import find_tokenizer_in
-
     if cfg.tokenizer:
         return cfg.tokenizer
     if cfg.init_from_hf:
@@ -30,11 +31,30 @@ def resolve_tokenizer(cfg: TrainConfig) -> str:
     return bundled_tokenizer_path()
 
 
-def prepare_data(cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
-    """A prepared dataset directory: `data.path` itself, or raw data prepared into workdir/data (by process
-    0; the others wait for it)."""
+def resolve_chat_format(cfg: TrainConfig, workdir: str, tokenizer_path: str) -> ChatFormat:
+    """The run's chat format, by the one rule (`data.chat_format`): what this workdir recorded when the run
+    started, else what a prepared `data.path` records, else the tokenizer's own template, else vicuna_v1.1;
+    an explicit `config.data.template` must agree with a record (one error line otherwise)."""
+    recorded = chat_format.read_record(workdir)
+    where = os.path.join(workdir, chat_format.FORMAT_FILE)
+    if recorded is None and os.path.isfile(os.path.join(cfg.data.path, META_FILE)):
+        recorded = PreparedDataset(cfg.data.path).meta.get("chat_format")
+        where = f"the dataset {cfg.data.path}"
+        if recorded is None:
+            raise UserError(_old_dataset(cfg.data.path))
+    return chat_format.resolve(tokenizer_path, cfg.data.template, recorded=recorded, recorded_in=where,
+                               flag="config.data.template", on_conflict="error")
+
+
+def _old_dataset(path: str) -> str:
+    return (f"config.data.path: {path} was prepared by an older vicuna_jax (no chat format recorded in its "
+            f"{META_FILE}); prepare it again (python -m vicuna_jax.data.prepare) or give the raw data file")
+
+
+def prepare_data(cfg: TrainConfig, workdir: str, fmt: ChatFormat) -> str:
+    """A prepared dataset directory: `data.path` itself, or raw data prepared into workdir/data in `fmt` (by
+    process 0; the others wait for it)."""
     from vicuna_jax.data.prepare import prepare_dataset
-    from vicuna_jax.data.store import META_FILE
 
     path = cfg.data.path
     if path == BUNDLED_DATA:
@@ -50,9 +70,8 @@ def prepare_data(cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
     if jax.process_index() == 0:
         # tensorflow-datasets prints progress to stdout; stdout is for the run summary.
         with contextlib.redirect_stdout(sys.stderr):
-            prepare_dataset(path, out, tokenizer=tokenizer_path, max_length=cfg.seq_len + 1,
-                            template=cfg.data.template, validation_fraction=cfg.data.validation_fraction,
-                            seed=cfg.seed)
+            prepare_dataset(path, out, tokenizer=fmt.tokenizer, max_length=cfg.seq_len + 1, template=fmt,
+                            validation_fraction=cfg.data.validation_fraction, seed=cfg.seed)
     parallel.sync_processes("prepare_data")
     return out
 
@@ -77,21 +96,28 @@ def eval_batches(cfg: TrainConfig, dataset_dir: str):
     return itertools.islice(batches, cfg.eval_batches) if cfg.eval_batches else batches
 
 
-def check_dataset(cfg: TrainConfig, dataset_dir: str, tokenizer) -> None:
-    """Before the model is built: the data was encoded with this run's tokenizer and has target tokens.
+def check_dataset(cfg: TrainConfig, dataset_dir: str, fmt: ChatFormat) -> ChatFormat:
+    """Before the model is built: the data was made in this run's chat format (template text and tokenizer),
+    fits a row, and has target tokens. Returns `fmt` with the dataset's max_length (what the run records).
 
-    Data encoded by another tokenizer holds ids the model would read as other words (or past its
-    vocabulary), and a split without target tokens trains on nothing: both fail here, naming what differs."""
-    from vicuna_jax.data.store import PreparedDataset
-
+    Data encoded by another tokenizer holds ids the model would read as other words; data in another template
+    trains a format the export would not declare; examples longer than a row are cut to their first
+    seq_len + 1 tokens (a long system prompt then leaves no reply); a split without target tokens trains on
+    nothing. Each fails here with one line naming both values and the setting to change."""
     meta = PreparedDataset(dataset_dir).meta
-    options = meta.get("options")
-    stored = options.get("tokenizer_fingerprint") if isinstance(options, dict) else None
-    if stored is not None and stored != tokenizer.fingerprint:
+    recorded = meta.get("chat_format")
+    if recorded is None:
+        raise UserError(_old_dataset(dataset_dir))
+    fmt.check_matches(recorded, f"config.data.path: {dataset_dir}",
+                      "prepare the data again in this run's format, or leave config.data.template=auto to "
+                      "train in the dataset's")
+    max_length = recorded.get("max_length")
+    if isinstance(max_length, int) and max_length > cfg.seq_len + 1:
         raise UserError(
-            f"config.data.path: {dataset_dir} was prepared with the tokenizer {meta.get('tokenizer', '?')} "
-            f"(fingerprint {stored}), but this run uses {tokenizer.model_path} (fingerprint "
-            f"{tokenizer.fingerprint}); prepare the data again with the run's tokenizer")
+            f"config.seq_len: {dataset_dir} was prepared with max_length {max_length}, longer than a "
+            f"training row (seq_len {cfg.seq_len} + 1 = {cfg.seq_len + 1}): its examples would be cut to "
+            f"their first {cfg.seq_len + 1} tokens. Set config.seq_len={max_length - 1}, or prepare the "
+            f"data with --max_length={cfg.seq_len + 1}")
     train = meta.get("splits", {}).get("train", {})
     if train.get("examples", 0) == 0:
         raise UserError(f"config.data.path: {dataset_dir} has no training conversations")
@@ -100,3 +126,4 @@ def check_dataset(cfg: TrainConfig, dataset_dir: str, tokenizer) -> None:
             f"config.data.path: the {train['examples']} training conversations in {dataset_dir} have no "
             f"target (assistant) tokens at seq_len {cfg.seq_len}: every reply was cut off. Raise "
             "config.seq_len.")
+    return fmt.with_max_length(max_length if isinstance(max_length, int) else None)

@@ -23,7 +23,11 @@ import ml_collections
 from absl import logging
 
 from vicuna_jax import parallel
+from vicuna_jax.checkpoint import CHAT_FORMAT_ITEM
 from vicuna_jax.cli import UserError
+from vicuna_jax.convert import load_hf, save_hf
+from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.tokenizer import copy_tokenizer, load_tokenizer
 from vicuna_jax.fileio import atomic_write_json
 from vicuna_jax.lora import base as lora_base
 from vicuna_jax.lora import run as lora_run
@@ -34,6 +38,7 @@ from vicuna_jax.train.data import (
     check_dataset,
     eval_batches,
     prepare_data,
+    resolve_chat_format,
     resolve_tokenizer,
     train_iterator,
 )
@@ -135,19 +140,18 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  jax.devices()[0].device_kind, jax.process_count())
 
     # ------------------------------------------------------------------ Data
-    from vicuna_jax.data.tokenizer import copy_tokenizer, load_tokenizer
-
     tokenizer_path = resolve_tokenizer(cfg)
     try:
         tokenizer = load_tokenizer(tokenizer_path)
     except (OSError, ValueError) as e:
         raise UserError(f"config.tokenizer: {e}") from None
-    chat_template = _chat_template(cfg, tokenizer)
+    fmt = resolve_chat_format(cfg, workdir, tokenizer)  # the one chat format of this run
+    logging.info("chat format: %s", fmt.describe())
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise UserError(f"config.tokenizer: {tokenizer_path} has {tokenizer.vocab_size} pieces but the "
                         f"model's vocab_size is {cfg.model.vocab_size}")
-    dataset_dir = prepare_data(cfg, workdir, tokenizer_path)
-    check_dataset(cfg, dataset_dir, tokenizer)
+    dataset_dir = prepare_data(cfg, workdir, fmt)
+    fmt = check_dataset(cfg, dataset_dir, fmt)
     train_iter = train_iterator(cfg, dataset_dir)
     steps_per_epoch = train_iter.batches_in_epoch(0)
     if steps_per_epoch == 0:
@@ -159,8 +163,10 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  dataset_dir, steps_per_epoch, cfg.batch_size, cfg.seq_len, train_iter.packing_efficiency(0),
                  total_steps)
     if is_main:
-        # The workdir keeps the tokenizer (an HF one with the training chat template) for generate/serve.
-        copy_tokenizer(tokenizer_path, workdir, chat_template)
+        # The workdir keeps the tokenizer (an HF one with the training chat template) and the chat format
+        # record for generate/serve/convert; every checkpoint carries the record too.
+        copy_tokenizer(tokenizer_path, workdir, fmt.chat_template if fmt.is_jinja else None)
+        fmt.write(workdir)
         atomic_write_json(os.path.join(workdir, "train_config.json"), cfg.source, indent=2, default=str)
 
     # ------------------------------------------------------------------ Model, Shard, Step
@@ -170,11 +176,11 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                  cfg.run.scan_layers, cfg.run.attention)
 
     # ------------------------------------------------------------------ Checkpoint
-    base = lora_run.prepare(cfg, workdir, tokenizer_path) if setup.lora is not None else None
+    base = lora_run.prepare(cfg, workdir, fmt) if setup.lora is not None else None
     checkpoint_root = os.path.join(workdir, "checkpoints")
     lora_base.check_workdir(checkpoint_root, cfg.lora, base)  # LoRA vs full, same base: before restoring
-    checkpoints = TrainCheckpoints(checkpoint_root, keep=cfg.keep_checkpoints,
-                                   records=lora_run.records(cfg, base))
+    records = {CHAT_FORMAT_ITEM: fmt.record(), **(lora_run.records(cfg, base) or {})}
+    checkpoints = TrainCheckpoints(checkpoint_root, keep=cfg.keep_checkpoints, records=records)
     resumed = checkpoints.restore_latest(setup.abstract_state)
     latest = resumed[0] if resumed else None
     if resumed is not None:
@@ -187,8 +193,6 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
     elif base is not None:
         state = lora_run.initial_state(setup, base)
     elif cfg.init_from_hf:
-        from vicuna_jax.convert import load_hf
-
         state = setup.init_state(load_hf(cfg.init_from_hf)[1])
         logging.info("initialised from %s", cfg.init_from_hf)
     else:
@@ -220,6 +224,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
     data_state = train_iter.get_state()  # the loader position after the last batch trained on
     last_saved = start_step if latest is not None else -1
     step = start_step
+    has_targets = False  # until a step of this run trains on a target token (then no more checks)
     try:
         with jax.set_mesh(mesh), _StopSignal() as stop:
             batch = setup.global_batch(next(train_iter)) if step < total_steps else None
@@ -233,6 +238,11 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                     batch = setup.global_batch(next(train_iter))
                 reporter.step_done(step, metrics)
                 checkpoints.check()  # an asynchronous save that failed stops the run here
+                if not has_targets:  # waits for this step's metrics, until the first step with targets
+                    has_targets = float(metrics.target_tokens) > 0
+                    if not has_targets:
+                        checkpoints.wait()
+                        raise _no_targets_error(step, cfg, fmt)
                 if not bool(metrics.finite):
                     checkpoints.wait()
                     raise _non_finite_error(step, metrics, checkpoints)
@@ -259,9 +269,9 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                     summary.eval_loss = evaluate(step)
                 if base is not None:
                     summary.adapter_dir, summary.hf_dir = lora_run.export(
-                        state, base, cfg, workdir, tokenizer_path, merged=cfg.export_hf_at_end)
+                        state, base, cfg, workdir, fmt, merged=cfg.export_hf_at_end)
                 elif cfg.export_hf_at_end:
-                    summary.hf_dir = export_hf(state.params, cfg, workdir, tokenizer_path)
+                    summary.hf_dir = export_hf(state.params, cfg, workdir, fmt)
     finally:
         checkpoints.wait()  # a save in flight always completes, even when the run fails
         reporter.close()
@@ -329,6 +339,14 @@ def _evaluate(setup: TrainSetup, state: Any, dataset_dir: str, writer: MetricsWr
     return value
 
 
+def _no_targets_error(step: int, cfg: TrainConfig, fmt: ChatFormat) -> TrainingError:
+    return TrainingError(
+        f"step {step}: the batch holds no target (assistant) tokens, so the run would train on nothing "
+        f"(loss 0, no gradient); stopped without saving. Check config.seq_len ({cfg.seq_len}) against the "
+        f"data's max_length ({fmt.max_length}), the chat format ({fmt.template}) and that the data has "
+        "assistant replies.")
+
+
 def _non_finite_error(step: int, metrics: StepMetrics, checkpoints: TrainCheckpoints) -> TrainingError:
     return TrainingError(
         f"step {step}: loss or gradient is not finite (loss={float(metrics.loss)}, "
@@ -337,27 +355,12 @@ def _non_finite_error(step: int, metrics: StepMetrics, checkpoints: TrainCheckpo
         "data, then rerun the same command to resume.")
 
 
-def _chat_template(cfg: TrainConfig, tokenizer: Any) -> str | None:
-    """The Jinja source of the training template (HF tokenizers; None for sentencepiece), checked now."""
-    from vicuna_jax.data.chat_encode import hf_chat_template
-
-    if not hasattr(tokenizer, "encode_with_specials"):
-        return None
-    try:
-        return hf_chat_template(cfg.data.template, tokenizer)
-    except ValueError as e:
-        raise UserError(f"config.data.template: {e}") from None
-
-
-def export_hf(params: Any, cfg: TrainConfig, workdir: str, tokenizer_path: str) -> str:
+def export_hf(params: Any, cfg: TrainConfig, workdir: str, fmt: ChatFormat) -> str:
     """Writes workdir/hf from the final parameters (process 0; every process takes part in the gather)."""
-    from vicuna_jax.convert import save_hf
-
     params = parallel.gather_to_host(params)
     out = os.path.join(workdir, HF_EXPORT_DIR)
     if jax.process_index() == 0:
-        save_hf(params, cfg.model, out, dtype=cfg.export_dtype, tokenizer=tokenizer_path,
-                template=cfg.data.template, overwrite=True)
+        save_hf(params, cfg.model, out, dtype=cfg.export_dtype, chat_format=fmt, overwrite=True)
         logging.info("exported Hugging Face model to %s", out)
     parallel.sync_processes("export_hf")
     return out
