@@ -78,7 +78,7 @@ def small_cfg(lora: LoRAConfig, **overrides) -> TrainConfig:
 def test_first_update_is_the_hand_computed_rank_r_update():
     """With B = 0, dL/dA = 0 and dL/dB = scale A^T dL/dW, so AdamW's first step (m^ = g, v^ = g^2) moves
     only B, by -lr g/(|g| + eps), and the effective weight by scale A B'."""
-    from vicuna_jax.train.loss import loss_sums
+    from vicuna_jax.model.loss import loss_sums
 
     lora = LoRAConfig(rank=4, alpha=16.0, dropout=0.0, target_modules=ALL, base_dtype="float32")
     cfg = small_cfg(lora)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import build_model, model_params
-from vicuna_jax.train.loss import cross_entropy_sums
+from vicuna_jax.model.loss import cross_entropy_sums
 from vicuna_jax.train.optimizer import OptimizerConfig, _decay_mask, lr_schedule, make_optimizer
 from vicuna_jax.train.step import TrainState, make_train_step
 

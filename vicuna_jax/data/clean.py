@@ -15,7 +15,6 @@ in which nothing survives is an error (exit 2) that lists the reject counts.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import hashlib
 import os
@@ -313,7 +312,8 @@ class Cleaner:
     def __call__(self, raws: Iterable[RawRecord], rejects: Any = None, pool: Any = None) -> Iterator[dict]:
         """Clean a stream. Each reject (reason, detail, where, id, the record or its raw text) is passed to
         `rejects.append` if given: a list, or a `formats.JsonlWriter` to stream them to a file. With a
-        `workers.WorkerPool` of several processes, records are transformed there (same output, same order)."""
+        `workers.WorkerPool` of several processes, records are transformed there (same output, same order;
+        the pool is handed in, so this module never imports `workers`, which imports it)."""
         if pool is not None and pool.workers > 1:
             yield from self._parallel(raws, rejects, pool)
             return
@@ -335,19 +335,9 @@ class Cleaner:
             _append_reject(rejects, raw, r)
 
     def _parallel(self, raws: Iterable[RawRecord], rejects: Any, pool: Any) -> Iterator[dict]:
-        from vicuna_jax.data.workers import chunked, clean_chunk
-
-        chunks = chunked(raws, 64)
-        tee = collections.deque()  # the raw records of the chunks in flight, for the rejects file
-
-        def remember(chunks):
-            for chunk in chunks:
-                tee.append(chunk)
-                yield chunk
-
-        for results, fixes in pool.map(clean_chunk, remember(chunks)):
+        for chunk, results, fixes in pool.clean_chunks(raws, 64):
             self.report.fixes.update(fixes)
-            for raw, result in zip(tee.popleft(), results, strict=True):
+            for raw, result in zip(chunk, results, strict=True):
                 self.report.total += 1
                 try:
                     if isinstance(result, Rejected):

@@ -10,6 +10,7 @@ Rust tokenizer single-threaded, one worker per core.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import json
 import multiprocessing
@@ -18,6 +19,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+# workers -> clean, never the other way: `Cleaner.__call__` is handed a pool and calls its `clean_chunks`.
+from vicuna_jax.data.clean import Cleaner, Rejected
 
 # What the initializer of each worker process sets up (a Cleaner, or the tokenizer and encoding options).
 _STATE: dict[str, Any] = {}
@@ -80,6 +84,20 @@ class WorkerPool:
         while pending:
             yield pending.popleft().result()
 
+    def clean_chunks(self, raws: Iterable[Any], size: int) -> Iterator[tuple[list, list, Counter]]:
+        """(the raw records, per record the cleaned record or the Rejected, the fixes counted) for each chunk
+        of `size` records, in order: `Cleaner.transform` run by `clean_chunk` in the workers (what must
+        see every record in order, de-duplication, stays with the caller)."""
+        in_flight: collections.deque = collections.deque()  # the raw records of the chunks in flight
+
+        def remember(chunks):
+            for chunk in chunks:
+                in_flight.append(chunk)
+                yield chunk
+
+        for results, fixes in self.map(clean_chunk, remember(chunked(raws, size))):
+            yield in_flight.popleft(), results, fixes
+
 
 def ordered_map(fn: Callable[[Any], Any], chunks: Iterable[Any], workers: int, clean_config: Any = None,
                 encode_options: tuple | None = None) -> Iterator[Any]:
@@ -96,10 +114,6 @@ def _init_worker(clean_config: Any, encode_options: tuple | None) -> None:
 
 def _setup(clean_config: Any, encode_options: tuple | None) -> None:
     if clean_config is not None:
-        import dataclasses
-
-        from vicuna_jax.data.clean import Cleaner
-
         _STATE["cleaner"] = Cleaner(dataclasses.replace(clean_config, dedup=False))
     if encode_options is not None:
         tokenizer, max_length, template, long_exchange = encode_options
@@ -112,8 +126,6 @@ def _setup(clean_config: Any, encode_options: tuple | None) -> None:
 
 def clean_chunk(raws: list) -> tuple[list, Counter]:
     """(per record: the cleaned record or the Rejected, the fixes counted on this chunk)."""
-    from vicuna_jax.data.clean import Rejected
-
     cleaner = _STATE["cleaner"]
     cleaner.report.fixes = Counter()
     out: list = []

@@ -24,6 +24,7 @@ from vicuna_jax import parallel
 from vicuna_jax.lora import model as lora_model
 from vicuna_jax.lora import quantize as quant
 from vicuna_jax.lora.config import LoRAConfig
+from vicuna_jax.model.loss import loss_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +80,6 @@ class LoRAParts:
 
 def lora_parts(cfg: Any, mesh: jax.sharding.Mesh) -> LoRAParts:
     """The LoRA pieces of training config `cfg` (a `train.config.TrainConfig`) on `mesh`."""
-    from vicuna_jax.train.loss import loss_sums
-
     lora, options = cfg.lora, cfg.run.model_options()
     train_model = lora_model.abstract_lora_model(cfg.model, lora, training=True, seed=cfg.seed, **options)
     eval_model = lora_model.abstract_lora_model(cfg.model, lora, training=False, seed=cfg.seed, **options)

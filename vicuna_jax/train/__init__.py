@@ -3,8 +3,8 @@
     config.py         the ConfigDict that configs/*.py start from; validation into a frozen TrainConfig
     setup.py          `build`: shardings, optimizer, jitted train/eval steps (the one place they are made)
     step.py           TrainState, the train step (gradient accumulation, NaN safety) and the eval step
-    loss.py           token-weighted masked cross-entropy over the global batch
-    cross_entropy.py  the LM head fused with the cross-entropy, on target tokens only
+    loss.py           the loss, re-exported from `vicuna_jax.model.loss` (token-weighted masked
+                      cross-entropy over the global batch; LoRA uses it too, so it lives below both)
     optimizer.py      AdamW + warmup/cosine schedule + clipping
     data.py           tokenizer choice, data preparation into the workdir, loaders
     checkpointing.py  orbax checkpoints of the run (exact resume)

@@ -1,7 +1,7 @@
 """The jitted training and evaluation steps: gradient accumulation, the optimizer update, NaN safety.
 
 Batches (see `vicuna_jax.data`): `input_tokens`, `target_tokens`, `loss_mask`, `segment_ids`, `positions`,
-all `[B, L]`. The loss and its normalisation over the global batch are in `loss.py`.
+all `[B, L]`. The loss and its normalisation over the global batch are in `vicuna_jax.model.loss`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from vicuna_jax.train.loss import loss_sums
+from vicuna_jax.model.loss import loss_sums
 
 
 @struct.dataclass

@@ -10,8 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from vicuna_jax import parallel
 from vicuna_jax.model.config import LlamaConfig
+from vicuna_jax.model.cross_entropy import linear_cross_entropy, lm_head_kernel
 from vicuna_jax.model.llama import build_model
-from vicuna_jax.train.cross_entropy import linear_cross_entropy, lm_head_kernel
 
 B, T, E, V = 4, 37, 16, 53
 
