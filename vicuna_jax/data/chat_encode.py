@@ -8,9 +8,17 @@ token a probe rendering shows right after a reply). A token is a target iff its 
 
 Where a reply starts:
 - with `{% generation %}` blocks: where each block starts (one per assistant message);
-- otherwise: where the generation prompt of the conversation up to that message ends, which the full
-  rendering must begin with (prefix stability: what the model is prompted with at inference is exactly what
-  precedes the reply in training).
+- otherwise: where the generation prompt of the conversation up to that message ends, when the full
+  rendering begins with it for every reply (prefix stability: what the model is prompted with at inference
+  is exactly what precedes the reply in training);
+- where it does not (Mistral v0.3 puts the system message into the last user turn only, so no prompt before
+  a reply is a prefix of the rendering): where the reply is found in the one full rendering, in order, each
+  searched from the end of the previous reply's end-of-turn token (and from the end of the user message just
+  before it, where its text is found): its text, stripped (as templates trim it), followed by only
+  whitespace and then an end-of-turn token (so a user message quoting the reply is not taken for it). When
+  the reply's first token also covers template whitespace before it (Mistral's " " after `[/INST]` merges
+  into "▁Hello"), the reply starts where that token starts; a whitespace token of its own before the reply
+  stays untrained (unlike on the prefix path, where the prompt's end says whose it is).
 
 So the mask is every token of each reply plus its end-of-turn token and nothing else, with or without
 generation blocks; with blocks it equals `return_assistant_tokens_mask` whenever a block holds exactly the
@@ -18,10 +26,10 @@ reply and its end-of-turn token (where a block stops short of that token or runs
 
 A conversation that cannot be aligned raises `AlignmentError` with a short `reason` (the data pipeline counts
 and skips it; it is never trained on unmasked): the template raised (`template_error`), a message contains
-a special-token string (`special_token_text`), the rendering is not prefix-stable (`not_prefix_stable`), a
-reply has no end-of-turn token (`no_end_of_turn`), the reply text is not where it should be
-(`reply_not_found`), a token straddles the prompt/reply boundary (`reply_start_inside_token`), or the
-generation blocks do not match the assistant messages (`generation_blocks`).
+a special-token string (`special_token_text`), a reply has no end-of-turn token (`no_end_of_turn`), the reply
+text is not where it should be or cannot be found in the rendering (`reply_not_found`), a token straddles the
+prompt/reply boundary (`reply_start_inside_token`; a located reply's first token may extend over whitespace
+only), or the generation blocks do not match the assistant messages (`generation_blocks`).
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ class JinjaChat:
         self.end_of_turn = self._probe_end_of_turn(specials)
         self.end_of_turn_ids = tuple(tokenizer.added_tokens[t] for t in self.end_of_turn)
         self._eot_re = re.compile("|".join(map(re.escape, self.end_of_turn)))
+        self._space_eot_re = re.compile(r"\s*(?:" + self._eot_re.pattern + ")")
 
     def __repr__(self) -> str:
         return f"JinjaChat({self.name!r}, end_of_turn={self.end_of_turn})"
@@ -126,9 +135,9 @@ class JinjaChat:
 
     def encode(self, messages: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:
         """(ids int32, loss_mask bool): the ids of `apply_chat_template(messages)` and the reply targets."""
-        full, replies, starts = self._render_replies(messages)
+        full, replies, starts, located = self._render_replies(messages)
         ids, encoding = self.tokenizer.encode_with_specials([full])[0]
-        return ids, self._align(messages, full, replies, starts, encoding)
+        return ids, self._align(messages, full, replies, starts, located, encoding)
 
     def encode_many(self, conversations: Sequence[Sequence[Mapping] | ValueError]
                     ) -> list[tuple[np.ndarray, np.ndarray] | ValueError]:
@@ -150,13 +159,14 @@ class JinjaChat:
                 continue
             ids, encoding = next(encoded)
             try:
-                out.append((ids, self._align(r[0], r[1], r[2], r[3], encoding)))
+                out.append((ids, self._align(*r, encoding)))
             except AlignmentError as e:
                 out.append(e)
         return out
 
-    def _render_replies(self, messages: Sequence[Mapping]) -> tuple[str, list[int], list[int]]:
-        """(full rendering, index of each assistant message, character where each reply starts)."""
+    def _render_replies(self, messages: Sequence[Mapping]) -> tuple[str, list[int], list[int], bool]:
+        """(full rendering, index of each assistant message, character where each reply starts, whether the
+        starts were located in the rendering because the prefix-stable rule does not hold)."""
         if self._special_re is not None:
             for k, m in enumerate(messages):
                 hit = self._special_re.search(m["content"])
@@ -169,20 +179,43 @@ class JinjaChat:
             if len(spans) != len(replies):
                 raise AlignmentError("generation_blocks", f"{len(spans)} generation blocks for "
                                      f"{len(replies)} assistant messages")
-            starts = [s for s, _ in spans]
-        else:
-            starts = []
-            for k in replies:
-                prompt, _ = self.render(messages[:k], add_generation_prompt=True)
-                if not full.startswith(prompt):
-                    raise AlignmentError("not_prefix_stable", f"the generation prompt before message {k} is "
-                                         "not where the full rendering has it")
-                starts.append(len(prompt))
-        return full, replies, starts
+            return full, replies, [s for s, _ in spans], False
+        starts = []
+        for k in replies:
+            prompt, _ = self.render(messages[:k], add_generation_prompt=True)
+            if not full.startswith(prompt):
+                return full, replies, self._locate_replies(messages, full, replies), True
+            starts.append(len(prompt))
+        return full, replies, starts, False
+
+    def _locate_replies(self, messages: Sequence[Mapping], full: str, replies: list[int]) -> list[int]:
+        """Where each reply starts in `full`, found in order: its stripped text followed by only whitespace
+        and an end-of-turn token, searched from the end of the previous reply's end-of-turn token, and from
+        the end of the message before it when that is a user (not system) message whose text is found
+        there (templates whose user turns end with the end-of-turn token: a user message ending with the
+        reply's text is not the reply)."""
+        starts, at = [], 0
+        for k in replies:
+            before = messages[k - 1] if k > 0 else None
+            if before is not None and before["role"] not in (ASSISTANT, SYSTEM) and before["content"].strip():
+                asked = full.find(before["content"].strip(), at)
+                at = at if asked < 0 else asked + len(before["content"].strip())
+            text = messages[k]["content"].strip()
+            found = full.find(text, at)
+            while found >= 0 and not (end := self._space_eot_re.match(full, found + len(text))):
+                found = full.find(text, found + 1)
+            if found < 0:
+                raise AlignmentError("reply_not_found", f"message {k}'s text followed by "
+                                     f"{'/'.join(self.end_of_turn)} is not in the rendering after the "
+                                     "previous reply (the generation prompts are not prefixes of it either)")
+            starts.append(found)
+            at = end.end()
+        return starts
 
     def _align(self, messages: Sequence[Mapping], full: str, replies: list[int], starts: list[int],
-               encoding) -> np.ndarray:
-        """The loss mask: tokens overlapping [reply start, end of its end-of-turn token), after the checks."""
+               located: bool, encoding) -> np.ndarray:
+        """The loss mask: tokens overlapping [reply start, end of its end-of-turn token), after the checks.
+        A located start moves back to the start of its token when the token extends over whitespace only."""
         targets = []
         for j, (k, start) in enumerate(zip(replies, starts, strict=True)):
             eot = self._eot_re.search(full, start)
@@ -194,6 +227,8 @@ class JinjaChat:
                 raise AlignmentError("reply_not_found", f"message {k}'s text is not between its start and "
                                      "its end-of-turn token")
             targets.append((start, eot.end()))
+        if located:
+            targets = [(_widened(full, start, encoding), end) for start, end in targets]
         # The tokens of each span from the encoding's character index (no [N, 2] offsets array to build);
         # a span edge on a character no token covers falls back to transformers' rule on all offsets.
         mask = np.zeros((len(encoding.ids),), bool)
@@ -206,6 +241,15 @@ class JinjaChat:
                 raise _straddle(k)
             mask[first:last + 1] = True
         return mask
+
+
+def _widened(full: str, start: int, encoding) -> int:
+    """`start`, or where the token covering it starts when that token begins on whitespace before it."""
+    token = encoding.char_to_token(start)
+    if token is None:
+        return start
+    token_start = encoding.token_to_chars(token)[0]
+    return token_start if token_start < start and full[token_start:start].isspace() else start
 
 
 def _straddle(k: int) -> AlignmentError:
