@@ -60,7 +60,8 @@ def _cli(*args, timeout=300):
 
 def test_the_one_rule_record_then_own_template_then_vicuna(tmp_path):
     plain = chat_format.resolve(bundled_tokenizer_path())
-    assert (plain.template, plain.eos_token_ids, plain.generation_prompt) == ("vicuna_v1.1", (2,), "ASSISTANT:")
+    assert (plain.template, plain.eos_token_ids) == ("vicuna_v1.1", (2,))
+    assert plain.generation_prompt == "ASSISTANT:"
     assert "default" in plain.resolved_from
     # The tokenizer's own template wins over the default; our own export text is recognised by name.
     own = chat_format.resolve(_sp_dir(tmp_path / "own", get_template("llama-2").hf_chat_template(bos=True)))
@@ -224,7 +225,8 @@ def test_export_of_a_sentencepiece_checkpoint_and_of_a_finished_run(tmp_path, ll
     assert chat_format.read_record(str(tmp_path / "run_hf"))["template"] == "llama-2"
     r = _cli("-m", "vicuna_jax.convert", f"--from_checkpoint={workdir}", f"--to_hf={tmp_path / 'bad'}",
              "--template=vicuna_v1.1")
-    assert r.returncode == 2 and re.search(r"^error: --template=vicuna_v1.1 differs .*llama-2", r.stderr, re.M)
+    assert r.returncode == 2
+    assert re.search(r"^error: --template=vicuna_v1.1 differs .*llama-2", r.stderr, re.M)
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "bad")
 
 

@@ -216,7 +216,13 @@ def test_conflicting_rope_keys_are_rejected():
 
 
 def test_exported_chat_template_renders_vicuna_prompt(hf_dir, tmp_path):
-    from vicuna_jax.data import bundled_tokenizer_path, chat_format, encode_prompt, get_template, load_tokenizer
+    from vicuna_jax.data import (
+        bundled_tokenizer_path,
+        chat_format,
+        encode_prompt,
+        get_template,
+        load_tokenizer,
+    )
 
     cfg, params = load_hf(hf_dir)
     fmt = chat_format.resolve(bundled_tokenizer_path())

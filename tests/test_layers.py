@@ -33,8 +33,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoint", ("vicuna_jax.checkpoint", "vicuna_jax.convert")),  # orbax items; HF in/out
     ("lora", ("vicuna_jax.lora",)),  # adapters on a model; PEFT in/out
     ("train", ("vicuna_jax.train",)),
-    ("inference", ("vicuna_jax.decoding", "vicuna_jax.generate", "vicuna_jax.chat", "vicuna_jax.serve",
-                   "vicuna_jax.eval")),
+    ("inference", ("vicuna_jax.load", "vicuna_jax.decoding", "vicuna_jax.generate", "vicuna_jax.chat",
+                   "vicuna_jax.serve", "vicuna_jax.eval")),
     ("tools", ("vicuna_jax.bench",)),  # benchmarks: may use anything
 ]
 

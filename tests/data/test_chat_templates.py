@@ -179,14 +179,14 @@ def test_rejections_name_their_reason(tmp_path_factory):
     with pytest.raises(AlignmentError) as e:
         encode_conversation(straddle, ours, template="chatml")
     assert e.value.reason == "reply_start_inside_token"
-    # A template that renders the last user message differently is not prefix-stable.
+    # A template that renders the last user message differently is not prefix-stable: the reply is located
+    # in the full rendering instead (tests/data/test_mistral_system.py has the cases).
     unstable = BUILTIN_JINJA["chatml"].replace(
         "message['content'] + '<|im_end|>'",
         "message['content'] + ('!' if loop.last and message['role'] == 'user' else '') + '<|im_end|>'")
     chat = chat_for(JinjaTemplate("hf"), _with_template(ours, unstable))
-    with pytest.raises(AlignmentError) as e:
-        chat.encode([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
-    assert e.value.reason == "not_prefix_stable"
+    ids, mask = chat.encode([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert ours.decode(ids[mask].tolist()) == "yo"
 
 
 def test_templates_without_an_end_of_turn_token_are_refused(tmp_path_factory):

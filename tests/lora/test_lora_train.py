@@ -87,15 +87,16 @@ def test_sigkill_then_restart_gives_identical_losses(prepared, tmp_path):
 def small_bases(tmp_path_factory):
     """Two HF bases of the trainer's small architecture (different weights)."""
     from vicuna_jax.convert import save_hf
-    from vicuna_jax.data import bundled_tokenizer_path
+    from vicuna_jax.data import bundled_tokenizer_path, chat_format
     from vicuna_jax.model.config import get_preset
     from vicuna_jax.model.llama import build_model, model_params
 
     cfg = get_preset("tiny").replace(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                                      num_kv_heads=2)
     root = tmp_path_factory.mktemp("bases")
+    fmt = chat_format.resolve(bundled_tokenizer_path())
     return [save_hf(jax.tree.map(np.asarray, model_params(build_model(cfg, seed=s))), cfg,
-                    str(root / f"b{s}"), dtype="float32", tokenizer=bundled_tokenizer_path()) for s in (0, 1)]
+                    str(root / f"b{s}"), dtype="float32", chat_format=fmt) for s in (0, 1)]
 
 
 def test_resuming_on_another_base_or_with_other_settings_is_refused(prepared, small_bases, tmp_path):
