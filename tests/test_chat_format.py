@@ -104,7 +104,7 @@ def test_auto_on_a_sentencepiece_model_with_a_chat_template_uses_it(tmp_path):
     ids, mask = fmt.encode(CONVERSATION)
     tok = fmt.tokenizer
     runs = np.split(ids[mask], np.flatnonzero(np.diff(np.flatnonzero(mask)) > 1) + 1)
-    assert [tok.decode(r) for r in runs] == ["It is 4.", "Six."]
+    assert [tok.decode(r) for r in runs] == ["It is 4. ", "Six. "]  # the template puts " " before </s>
     assert all(int(r[-1]) == tok.eos_id for r in runs)  # each reply's </s> is trained on
     prompt = fmt.encode_prompt(CONVERSATION[:2])
     assert ids[:len(prompt)].tolist() == prompt  # prefix-stable: the prompt is what training saw
@@ -182,7 +182,11 @@ def test_a_run_whose_batches_hold_no_target_token_stops(tmp_path):
     is cut off by the 17-token limit, after the vicuna system prompt)."""
     from vicuna_jax.train import train
 
-    data = prepare_dataset(bundled_sample_path(), str(tmp_path / "d17"), tokenizer=bundled_tokenizer_path(),
+    raw = tmp_path / "short.json"
+    raw.write_text(json.dumps([{"id": f"c{k}", "conversations": [
+        {"from": "human", "value": f"Hello number {k}, how are you?"},
+        {"from": "gpt", "value": f"Fine, thank you for asking {k} times."}]} for k in range(64)]))
+    data = prepare_dataset(str(raw), str(tmp_path / "d17"), tokenizer=bundled_tokenizer_path(),
                            max_length=17, validation_fraction=0.05, verbose=False)
     meta_path = os.path.join(data, "meta.json")
     meta = json.load(open(meta_path))
@@ -230,7 +234,7 @@ def test_export_of_a_sentencepiece_checkpoint_and_of_a_finished_run(tmp_path, ll
     assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "bad")
 
 
-# ---------------------------------------------------------------- 4, 5: LoRA exports and PEFT adapters
+# ------------------------------------------------------------ 4: LoRA exports (5: tests/lora/test_peft.py)
 
 
 @pytest.fixture(scope="module")
@@ -251,16 +255,12 @@ def json_base(tmp_path_factory):
 
 
 def test_lora_merge_onto_a_tokenizer_json_base_writes_its_tokenizer(json_base, tmp_path):
-    from lora_utils import random_adapters
-
     from vicuna_jax.generate import load_generator
     from vicuna_jax.lora.config import LoRAConfig
     from vicuna_jax.lora.peft import save_peft
 
     base, cfg = json_base
     lora = LoRAConfig(rank=2, alpha=4.0, dropout=0.0, target_modules=("q_proj", "v_proj"))
-    import lora_utils
-
     adapters = {"layers": {}}
     rng = np.random.RandomState(0)
     from vicuna_jax.lora.config import TARGETS, projection_shape
@@ -270,7 +270,6 @@ def test_lora_merge_onto_a_tokenizer_json_base_writes_its_tokenizer(json_base, t
         adapters["layers"].setdefault(TARGETS[module][0], {})[module] = {
             "lora_a": rng.randn(cfg.num_layers, n_in, 2).astype(np.float32),
             "lora_b": rng.randn(cfg.num_layers, 2, n_out).astype(np.float32)}
-    del random_adapters, lora_utils
     adapter = save_peft(adapters, lora, cfg, str(tmp_path / "adapter"), base_model=base)
     merged = str(tmp_path / "merged")
     r = _cli("-m", "vicuna_jax.lora", f"--adapter={adapter}", f"--base={base}", f"--out={merged}", "--merge")
@@ -279,35 +278,6 @@ def test_lora_merge_onto_a_tokenizer_json_base_writes_its_tokenizer(json_base, t
     gen = load_generator(merged)  # what `chat --model=<merged>` loads
     assert gen.chat_format.template == "hf" and gen.chat_format.tokenizer_kind == "tokenizer.json"
     assert gen.chat_format.end_of_turn == ("<|eot_id|>",)
-
-
-def test_peft_adapters_listing_full_module_paths_load(tmp_path):
-    """peft writes target_modules="all-linear" as full module paths (model.layers.0.mlp.down_proj, ...)."""
-    torch = pytest.importorskip("torch")
-    peft = pytest.importorskip("peft")
-    from hf_models import hf_logits
-    from lora_utils import logits, random_params, tiny_cfg
-    from transformers import AutoModelForCausalLM
-
-    from vicuna_jax.convert import save_hf
-    from vicuna_jax.load import load_model
-    from vicuna_jax.lora.config import TARGETS
-    from vicuna_jax.lora.peft import load_peft
-
-    base_dir = save_hf(random_params(0), tiny_cfg(), str(tmp_path / "base"), dtype="float32")
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False,
-                             task_type="CAUSAL_LM")
-    model = peft.get_peft_model(base, config).eval()
-    model.save_pretrained(str(tmp_path / "all_linear"))
-    saved = json.load(open(tmp_path / "all_linear" / "adapter_config.json"))["target_modules"]
-    assert any(name.startswith("model.layers.") for name in saved)  # the full paths this case is about
-    lora, _, _ = load_peft(str(tmp_path / "all_linear"), tiny_cfg())
-    assert lora.target_modules == tuple(TARGETS)
-    tokens = np.random.RandomState(0).randint(1, 211, (2, 12))
-    merged, _, _ = load_model(base_dir, adapter=str(tmp_path / "all_linear"))
-    assert np.abs(logits(merged, tokens) - hf_logits(model, tokens)).max() <= 1e-4
 
 
 # ---------------------------------------------------------------- 9: the README names what exists

@@ -168,3 +168,27 @@ def test_bad_adapters_are_refused_naming_file_and_key(exported, tmp_path, case):
     with pytest.raises(AdapterError, match=message) as info:
         load_peft(out, tiny_cfg())
     assert out in str(info.value)
+
+
+def test_peft_adapters_listing_full_module_paths_load(tmp_path):
+    """peft writes target_modules="all-linear" as full module paths (model.layers.0.mlp.down_proj, ...)."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from vicuna_jax.convert import save_hf
+
+    base_dir = save_hf(random_params(0), tiny_cfg(), str(tmp_path / "base"), dtype="float32")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", init_lora_weights=False,
+                             task_type="CAUSAL_LM")
+    model = peft.get_peft_model(base, config).eval()
+    model.save_pretrained(str(tmp_path / "all_linear"))
+    saved = json.load(open(tmp_path / "all_linear" / "adapter_config.json"))["target_modules"]
+    assert any(name.startswith("model.layers.") for name in saved)  # the full paths this case is about
+    lora, _, _ = load_peft(str(tmp_path / "all_linear"), tiny_cfg())
+    assert lora.target_modules == tuple(TARGETS)
+    tokens = np.random.RandomState(0).randint(1, 211, (2, 12))
+    merged, _, _ = load_model(base_dir, adapter=str(tmp_path / "all_linear"))
+    assert np.abs(logits(merged, tokens) - hf_logits(model, tokens)).max() <= 1e-4
