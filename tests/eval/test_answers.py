@@ -45,7 +45,7 @@ class CountingGenerator:
     """Delegates to a real Generator and records every generate call (prompt ids and sampling params)."""
 
     def __init__(self, gen: Any) -> None:
-        self.gen, self.cfg, self.tokenizer = gen, gen.cfg, gen.tokenizer
+        self.gen, self.cfg, self.tokenizer, self.chat_format = gen, gen.cfg, gen.tokenizer, gen.chat_format
         self.calls: list[tuple[list[list[int]], SamplingParams]] = []
 
     def generate(self, prompts: Any, params: SamplingParams) -> list[Any]:

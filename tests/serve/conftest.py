@@ -17,8 +17,9 @@ from serve_utils import MAX_BATCH, MODEL_NAME, SERVE_KEY, Served
 def served(tiny_checkpoint) -> Iterator[Served]:
     from vicuna_jax.serve import ServeConfig, ServerThread, build_app, load_engine
 
-    engine, tokenizer = load_engine(tiny_checkpoint, max_batch=MAX_BATCH, decode_steps=4)
-    app = build_app(engine, tokenizer, ServeConfig(MODEL_NAME, api_key=SERVE_KEY))
+    engine, fmt = load_engine(tiny_checkpoint, max_batch=MAX_BATCH, decode_steps=4)
+    tokenizer = fmt.tokenizer
+    app = build_app(engine, fmt, ServeConfig(MODEL_NAME, api_key=SERVE_KEY))
     thread = ServerThread(app).start()
     try:
         yield Served(thread.url, thread.host, thread.port, engine, tokenizer)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 from serve_utils import MODEL_NAME, SERVE_KEY
 
+from vicuna_jax.data import chat_format
 from vicuna_jax.serve import ServeConfig, ServerThread, build_app
 from vicuna_jax.serve.limits import ConnectionLimits
 
@@ -32,7 +33,7 @@ def limited_server(served, *, max_body_bytes: int = BODY_LIMIT, body_timeout: fl
                    **limits) -> Iterator[ServerThread]:
     config = ServeConfig(MODEL_NAME, api_key=SERVE_KEY, max_body_bytes=max_body_bytes,
                          body_timeout=body_timeout)
-    thread = ServerThread(build_app(served.engine, served.tokenizer, config),
+    thread = ServerThread(build_app(served.engine, chat_format.resolve(served.tokenizer), config),
                           limits=ConnectionLimits(**limits)).start()
     try:
         yield thread

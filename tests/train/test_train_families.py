@@ -71,7 +71,7 @@ def test_trains_packed_masked_and_sharded(trained):
     assert "fsdp" in summary["param_shardings"]["embed_tokens"]
     with open(os.path.join(workdir, "data", "meta.json")) as f:
         meta = json.load(f)
-    assert meta["options"]["template"] == "hf"
+    assert meta["chat_format"]["template"] == "hf"
     train_split = meta["splits"]["train"]
     assert 0.3 < train_split["target_tokens"] / train_split["tokens"] < 0.9  # assistant-only targets
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

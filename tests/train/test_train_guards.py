@@ -103,7 +103,7 @@ def _other_tokenizer(tmp_path) -> str:
 
 def test_data_prepared_with_another_tokenizer_is_refused_before_compiling(prepared, tmp_path):
     other = _other_tokenizer(tmp_path)
-    with pytest.raises(UserError, match="was prepared with the tokenizer .*fingerprint"):
+    with pytest.raises(UserError, match="made with the tokenizer .*but the tokenizer here"):
         train(config(prepared, tokenizer=other), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 

@@ -132,8 +132,6 @@ def prepare_dataset(
 
     meta = {"key": key, "options": options, "input": os.path.abspath(input_path), "tokenizer": tok.model_path,
             "builder": BUILDER_NAME, "num_workers": workers, "chat_format": fmt.record()}
-    if verbose:
-        print(f"prepare: chat format {fmt.describe()}", file=sys.stderr)
     encode_options = (tok, max_length, fmt.spec, long_exchange)
     with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes for every stage
         cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, fmt.template,
@@ -141,6 +139,7 @@ def prepare_dataset(
     meta["seconds"] = round(time.time() - t0, 2)
     atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
     if verbose:
+        print(f"prepare: chat format {fmt.describe()}", file=sys.stderr)
         print(cleaner.report.table(), file=sys.stderr)
         for reason, n in template_rejects.most_common():
             print(f"prepare: rejected by the chat template: {reason}: {n}", file=sys.stderr)
