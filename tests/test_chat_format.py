@@ -164,6 +164,10 @@ def test_data_prepared_in_a_template_trains_and_exports_in_it(llama2_data, tmp_p
                                         r"dataset .* records \(llama-2"):
         train(_run_settings(llama2_data, **{"data.template": "vicuna_v1.1"}), str(tmp_path / "other"))
     assert not os.path.exists(str(tmp_path / "other" / "checkpoints"))
+    # Rerunning the finished run's workdir with another template: the workdir's record refuses it.
+    with pytest.raises(UserError, match=r"config.data.template=vicuna_v1.1 differs from the chat format "
+                                        r".*run/chat_format.json records \(llama-2"):
+        train(_run_settings(llama2_data, **{"data.template": "vicuna_v1.1"}), workdir)
 
 
 def test_a_dataset_longer_than_a_row_is_refused_before_training(tmp_path):

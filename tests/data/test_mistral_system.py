@@ -47,20 +47,14 @@ def _replies(messages):
 
 def _check_targets(hf, ids, mask, messages, prefix_path):
     """Each run of targets decodes to its reply (trimmed, as the template trims it) and </s>, with the " " the
-    template puts before it: always on the prefix path (the generation prompt ends at [/INST]); for a reply
-    located in the rendering, only when that space is inside the reply's first token ("ĠHello"), never a
-    token of its own (before "```" this tokenizer has a separate "Ġ")."""
+    template puts before it — on the prefix path (the generation prompt ends at [/INST]) and for a reply
+    located in the rendering alike (its target starts where that prompt would end), whether the space is
+    inside the reply's first token ("ĠHello") or a token of its own (before "```" this tokenizer has "Ġ")."""
+    del prefix_path  # the same targets either way
     runs = _runs(ids, mask)
     assert len(runs) == len(_replies(messages))
     for run, text in zip(runs, _replies(messages), strict=True):
-        if prefix_path:
-            assert hf.decode(run) == " " + text + "</s>"
-        else:
-            assert hf.decode(run) in (text + "</s>", " " + text + "</s>") and hf.decode(run[:1]).strip()
-
-
-def _space_tokens_only(hf, ids, which) -> bool:
-    return all(hf.decode([i]) == " " for i in ids[which])
+        assert hf.decode(run) == " " + text + "</s>"
 
 
 def _located(chat, messages) -> bool:
@@ -87,10 +81,10 @@ def test_system_message_conversations_encode_with_exact_targets(exchanges, mistr
     assert np.array_equal(many_ids, ids) and np.array_equal(many_mask, mask)
     # A conversation ending on an assistant turn: the real template leaves the system message out entirely
     # (it only goes into a user turn that is last), so the rendering is the one without it, where the prefix
-    # path applies: its targets are these and the " " tokens before replies that do not take the space in.
+    # path applies: its targets are exactly these.
     plain_ids, plain_mask = chat.encode(exchanges)
-    assert np.array_equal(plain_ids, ids) and not (mask & ~plain_mask).any()
-    assert _space_tokens_only(hf, ids, plain_mask & ~mask) and (plain_mask & ~mask).any()
+    assert np.array_equal(plain_ids, ids) and np.array_equal(plain_mask, mask)
+    assert any(hf.decode([i]) == " " for i in ids[mask])  # a " " token of its own, now a target
 
 
 def test_system_text_in_the_last_user_turn_is_not_a_target(mistral):
@@ -115,12 +109,12 @@ def test_without_a_system_message_the_prefix_path_is_used(exchanges, mistral):
     for k, start in zip(replies, starts, strict=True):
         prompt = chat.prompt_ids(exchanges[:k])
         assert ids[:len(prompt)].tolist() == prompt and start == len(prompt)
-    # Locating the replies in the same rendering would leave out only " " tokens of their own.
+    # Locating the replies in the same rendering gives the same targets, " " tokens of their own included.
     full, replies, _, _ = chat._render_replies(exchanges)
     [(_, encoding)] = ours.encode_with_specials([full])
     located = chat._align(exchanges, full, replies, chat._locate_replies(exchanges, full, replies), True,
                           encoding)
-    assert not (located & ~mask).any() and _space_tokens_only(hf, ids, mask & ~located)
+    assert np.array_equal(located, mask)
 
 
 def test_a_user_message_quoting_the_next_reply_is_not_taken_for_it(mistral):

@@ -15,10 +15,11 @@ Where a reply starts:
   a reply is a prefix of the rendering): where the reply is found in the one full rendering, in order, each
   searched from the end of the previous reply's end-of-turn token (and from the end of the user message just
   before it, where its text is found): its text, stripped (as templates trim it), followed by only
-  whitespace and then an end-of-turn token (so a user message quoting the reply is not taken for it). When
-  the reply's first token also covers template whitespace before it (Mistral's " " after `[/INST]` merges
-  into "▁Hello"), the reply starts where that token starts; a whitespace token of its own before the reply
-  stays untrained (unlike on the prefix path, where the prompt's end says whose it is).
+  whitespace and then an end-of-turn token (so a user message quoting the reply is not taken for it). The
+  target then starts where the generation prompt for that reply would end: right after the prompt's last
+  special token and its text (`[/INST]`), when the rendering has exactly that just before the reply with
+  only whitespace between — so Mistral's " " after `[/INST]` is a target, as on the prefix path. Otherwise
+  it starts at the reply text, or where its first token starts when that token also covers whitespace.
 
 So the mask is every token of each reply plus its end-of-turn token and nothing else, with or without
 generation blocks; with blocks it equals `return_assistant_tokens_mask` whenever a block holds exactly the
@@ -208,9 +209,29 @@ class JinjaChat:
                 raise AlignmentError("reply_not_found", f"message {k}'s text followed by "
                                      f"{'/'.join(self.end_of_turn)} is not in the rendering after the "
                                      "previous reply (the generation prompts are not prefixes of it either)")
-            starts.append(found)
+            starts.append(self._after_prompt(messages[:k], full, found))
             at = end.end()
         return starts
+
+    def _after_prompt(self, before: Sequence[Mapping], full: str, found: int) -> int:
+        """Where a located reply starts: where the generation prompt for it would end — right after that
+        prompt's last special token and the text after it (`[/INST]`, `<|im_start|>assistant\n`) when the
+        rendering has exactly that just before the reply, with only whitespace between — so the template's
+        " " before a reply is trained as on the prefix path. Otherwise `found` (the reply's text)."""
+        if self._special_re is None:
+            return found
+        prompt, _ = self.render(before, add_generation_prompt=True)
+        marks = list(self._special_re.finditer(prompt))
+        if not marks:
+            return found
+        cue = prompt[marks[-1].start():]
+        gap = found
+        while gap > 0 and full[gap - 1].isspace():
+            gap -= 1
+        for end in range(found, gap - 1, -1):
+            if end >= len(cue) and full.startswith(cue, end - len(cue)):
+                return end
+        return found
 
     def _align(self, messages: Sequence[Mapping], full: str, replies: list[int], starts: list[int],
                located: bool, encoding) -> np.ndarray:

@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
     if is_main:
         # The workdir keeps the tokenizer (an HF one with the training chat template) and the chat format
         # record for generate/serve/convert; every checkpoint carries the record too.
-        copy_tokenizer(tokenizer_path, workdir, fmt.chat_template if fmt.is_jinja else None)
+        copy_tokenizer(tokenizer_path, workdir, fmt.chat_template)
         fmt.write(workdir)
         atomic_write_json(os.path.join(workdir, "train_config.json"), cfg.source, indent=2, default=str)
 
