@@ -23,6 +23,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from vicuna_jax import checkpoint
 from vicuna_jax.cli import UserError
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
@@ -195,6 +196,15 @@ def is_hf_dir(path: str) -> bool:
     except (OSError, json.JSONDecodeError):
         return True  # let load_hf report the broken file
     return isinstance(data, dict) and ("model_type" in data or "architectures" in data)
+
+
+def stored_chat_format(path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the chat format record stored with a model, where it was read; (None, "") when none): an HF
+    directory's chat_format.json, or a vicuna_jax checkpoint's (`checkpoint.read_chat_format`)."""
+    if is_hf_dir(path):
+        record = chat_format.read_record(path)
+        return record, os.path.join(path, chat_format.FORMAT_FILE) if record is not None else ""
+    return checkpoint.read_chat_format(path)
 
 
 def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, Any]]:
@@ -384,8 +394,6 @@ def _generation_config(cfg: LlamaConfig) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     from absl import flags, logging
 
-    from vicuna_jax import checkpoint
-
     f = flags.FLAGS
     if len(argv) > 1:
         raise flags.Error(f"unexpected arguments: {argv[1:]}")
@@ -397,8 +405,7 @@ def main(argv: list[str]) -> None:
         cfg, params = load_hf(f.from_hf, dtype=f.dtype or "auto")
         source = os.path.abspath(f.from_hf)
         tok = f.tokenizer or find_tokenizer_in(source)
-        recorded = chat_format.read_record(source)
-        fmt = _format(tok, f.template, recorded, os.path.join(source, chat_format.FORMAT_FILE))
+        fmt = _format(tok, f.template, *stored_chat_format(source))
         out = checkpoint.save_model(f.to_checkpoint, params, cfg, overwrite=f.overwrite, tokenizer_path=tok,
                                     fmt=fmt)
         logging.info("wrote checkpoint %s (%.1fM parameters)", out, cfg.num_params() / 1e6)
@@ -407,8 +414,7 @@ def main(argv: list[str]) -> None:
             raise flags.Error("--from_checkpoint needs --to_hf")
         cfg, params = checkpoint.load_params(f.from_checkpoint)
         tok = f.tokenizer or checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(f.from_checkpoint))
-        recorded, where = checkpoint.read_chat_format(f.from_checkpoint)
-        fmt = _format(tok, f.template, recorded, where)
+        fmt = _format(tok, f.template, *stored_chat_format(f.from_checkpoint))
         out = save_hf(params, cfg, f.to_hf, dtype=f.dtype or "bfloat16", chat_format=fmt,
                       max_shard_bytes=int(f.max_shard_gb * 1024**3), overwrite=f.overwrite)
         logging.info("wrote Hugging Face directory %s%s", out, f" (chat format {fmt.describe()})" if fmt else

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from vicuna_jax import checkpoint
-from vicuna_jax.convert import is_hf_dir, load_hf
+from vicuna_jax.convert import is_hf_dir, load_hf, stored_chat_format
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.data.tokenizer import find_tokenizer_in
@@ -36,17 +36,14 @@ def load_model(path: str, *, tokenizer: str | None = None, adapter: str | None =
     if is_hf_dir(path):
         cfg, params = load_hf(path)
         found = find_tokenizer_in(path)
-        recorded, where = chat_format.read_record(path), os.path.join(path, chat_format.FORMAT_FILE)
     else:
         cfg, params = checkpoint.load_params(path)
         found = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))
-        recorded, where = checkpoint.read_chat_format(path)
+    recorded, where = stored_chat_format(path)
     if adapter is not None:
         params, adapter_tokenizer = lora_inference.apply_adapter(cfg, params, adapter, path)
         found = adapter_tokenizer or found
-        adapter_record, adapter_where = lora_inference.adapter_chat_format(adapter)
-        if adapter_record is not None:
-            recorded, where = adapter_record, adapter_where
+        recorded, where = lora_inference.adapter_chat_format(adapter, (recorded, where))
     model = model_from_params(cfg, params, **options)
     tok = tokenizer or found
     if tok is None:

@@ -112,8 +112,9 @@ def test_without_a_system_message_the_prefix_path_is_used(exchanges, mistral):
     # Locating the replies in the same rendering gives the same targets, " " tokens of their own included.
     full, replies, _, _ = chat._render_replies(exchanges)
     [(_, encoding)] = ours.encode_with_specials([full])
-    located = chat._align(exchanges, full, replies, chat._locate_replies(exchanges, full, replies), True,
-                          encoding)
+    prompts = [chat.render(exchanges[:k], add_generation_prompt=True)[0] for k in replies]
+    located = chat._align(exchanges, full, replies, chat._locate_replies(exchanges, full, replies, prompts),
+                          True, encoding)
     assert np.array_equal(located, mask)
 
 

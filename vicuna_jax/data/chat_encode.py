@@ -181,22 +181,20 @@ class JinjaChat:
                 raise AlignmentError("generation_blocks", f"{len(spans)} generation blocks for "
                                      f"{len(replies)} assistant messages")
             return full, replies, [s for s, _ in spans], False
-        starts = []
-        for k in replies:
-            prompt, _ = self.render(messages[:k], add_generation_prompt=True)
-            if not full.startswith(prompt):
-                return full, replies, self._locate_replies(messages, full, replies), True
-            starts.append(len(prompt))
-        return full, replies, starts, False
+        prompts = [self.render(messages[:k], add_generation_prompt=True)[0] for k in replies]
+        if all(full.startswith(prompt) for prompt in prompts):
+            return full, replies, [len(prompt) for prompt in prompts], False
+        return full, replies, self._locate_replies(messages, full, replies, prompts), True
 
-    def _locate_replies(self, messages: Sequence[Mapping], full: str, replies: list[int]) -> list[int]:
+    def _locate_replies(self, messages: Sequence[Mapping], full: str, replies: list[int],
+                        prompts: list[str]) -> list[int]:
         """Where each reply starts in `full`, found in order: its stripped text followed by only whitespace
         and an end-of-turn token, searched from the end of the previous reply's end-of-turn token, and from
         the end of the message before it when that is a user (not system) message whose text is found
         there (templates whose user turns end with the end-of-turn token: a user message ending with the
-        reply's text is not the reply)."""
+        reply's text is not the reply). `prompts`: the generation prompt before each reply."""
         starts, at = [], 0
-        for k in replies:
+        for k, prompt in zip(replies, prompts, strict=True):
             before = messages[k - 1] if k > 0 else None
             if before is not None and before["role"] not in (ASSISTANT, SYSTEM) and before["content"].strip():
                 asked = full.find(before["content"].strip(), at)
@@ -209,18 +207,17 @@ class JinjaChat:
                 raise AlignmentError("reply_not_found", f"message {k}'s text followed by "
                                      f"{'/'.join(self.end_of_turn)} is not in the rendering after the "
                                      "previous reply (the generation prompts are not prefixes of it either)")
-            starts.append(self._after_prompt(messages[:k], full, found))
+            starts.append(self._after_prompt(prompt, full, found))
             at = end.end()
         return starts
 
-    def _after_prompt(self, before: Sequence[Mapping], full: str, found: int) -> int:
+    def _after_prompt(self, prompt: str, full: str, found: int) -> int:
         """Where a located reply starts: where the generation prompt for it would end — right after that
         prompt's last special token and the text after it (`[/INST]`, `<|im_start|>assistant\n`) when the
         rendering has exactly that just before the reply, with only whitespace between — so the template's
         " " before a reply is trained as on the prefix path. Otherwise `found` (the reply's text)."""
         if self._special_re is None:
             return found
-        prompt, _ = self.render(before, add_generation_prompt=True)
         marks = list(self._special_re.finditer(prompt))
         if not marks:
             return found

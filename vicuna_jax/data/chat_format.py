@@ -249,12 +249,6 @@ def get_named(template: str, flag: str = "--template") -> Template | JinjaTempla
         raise ChatFormatError(f"{flag}: {e}") from None
 
 
-def from_record(tokenizer: str | Tokenizer | HFTokenizer, recorded: Mapping[str, Any], recorded_in: str,
-                flag: str = "--template") -> ChatFormat:
-    """The format a record describes, bound to `tokenizer` (whose fingerprint must be the recorded one)."""
-    return resolve(tokenizer, AUTO, recorded=recorded, recorded_in=recorded_in, flag=flag)
-
-
 def _load(tokenizer: str | Tokenizer | HFTokenizer, flag: str) -> tuple[Any, str | None]:
     if not isinstance(tokenizer, str | os.PathLike):
         return tokenizer, getattr(tokenizer, "model_path", None)

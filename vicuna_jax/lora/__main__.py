@@ -24,7 +24,7 @@ import numpy as np
 
 from vicuna_jax import checkpoint
 from vicuna_jax.cli import UserError
-from vicuna_jax.convert import is_hf_dir, load_hf, save_hf
+from vicuna_jax.convert import is_hf_dir, load_hf, save_hf, stored_chat_format
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.tokenizer import find_tokenizer_in
 from vicuna_jax.lora.inference import adapter_chat_format, read_checked_adapter, recorded_base
@@ -38,12 +38,10 @@ def load_base(path: str) -> tuple[Any, dict[str, Any], str | None, dict[str, Any
         raise UserError(f"--base: no such directory: {path}")
     if is_hf_dir(path):
         cfg, params = load_hf(path)
-        record = chat_format.read_record(path)
-        return cfg, params, find_tokenizer_in(path), record, os.path.join(path, chat_format.FORMAT_FILE)
+        return cfg, params, find_tokenizer_in(path), *stored_chat_format(path)
     cfg, params = checkpoint.load_params(path)
     tok = checkpoint.find_tokenizer(checkpoint.resolve_checkpoint_dir(path))
-    record, where = checkpoint.read_chat_format(path)
-    return cfg, jax.tree.map(np.asarray, params), tok, record, where
+    return cfg, jax.tree.map(np.asarray, params), tok, *stored_chat_format(path)
 
 
 def main(argv: list[str]) -> None:
@@ -61,9 +59,7 @@ def main(argv: list[str]) -> None:
     base_path = os.path.abspath(base_path)
     cfg, params, base_tok, format_record, format_where = load_base(base_path)
     lora, adapters, record, adapter_tok = read_checked_adapter(cfg, params, f.adapter, base_path)
-    adapter_record, adapter_where = adapter_chat_format(f.adapter)
-    if adapter_record is not None:
-        format_record, format_where = adapter_record, adapter_where
+    format_record, format_where = adapter_chat_format(f.adapter, (format_record, format_where))
     tokenizer = f.tokenizer or adapter_tok or base_tok
     fmt = None
     if tokenizer is not None:

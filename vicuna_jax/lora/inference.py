@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vicuna_jax.checkpoint import read_chat_format
 from vicuna_jax.cli import UserError
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.tokenizer import find_tokenizer_in
@@ -118,17 +119,17 @@ def read_checked_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str,
     return lora, adapters, record, tokenizer
 
 
-def adapter_chat_format(adapter: str) -> tuple[dict[str, Any] | None, str]:
-    """(the chat format record an adapter was trained in, where) — a PEFT directory's chat_format.json or a
-    LoRA checkpoint's record; (None, "") when it has none."""
-    from vicuna_jax.checkpoint import read_chat_format
-
+def adapter_chat_format(adapter: str, base: tuple[dict[str, Any] | None, str]
+                        ) -> tuple[dict[str, Any] | None, str]:
+    """(the chat format record an adapter was trained in, where): a PEFT directory's chat_format.json or a
+    LoRA checkpoint's record; the `base` model's (record, where) when the adapter has none."""
     path = os.path.abspath(os.fspath(adapter))
     step_dir = lora_step_dir(path)
     if step_dir is not None:
-        return read_chat_format(step_dir)
-    record = chat_format.read_record(path)
-    return record, os.path.join(path, chat_format.FORMAT_FILE) if record is not None else ""
+        record, where = read_chat_format(step_dir)
+    else:
+        record, where = chat_format.read_record(path), os.path.join(path, chat_format.FORMAT_FILE)
+    return (record, where) if record is not None else base
 
 
 def recorded_base(adapter: str) -> str | None:
