@@ -309,3 +309,34 @@ def test_every_vicuna_jax_name_in_the_readme_exists():
         else:
             missing.append(name)
     assert names and not missing, missing
+
+
+def test_a_dataset_prepared_by_the_previous_version_is_kept_and_its_format_recorded(tmp_path):
+    """A workdir's data prepared by pipeline version 3 (no chat format recorded) with these very inputs is
+    reused with its key (a run's loader position is tied to it) and gains the record; other inputs are
+    prepared again."""
+    from vicuna_jax.data.prepare import _key, _version3_options
+
+    out = prepare_dataset(bundled_sample_path(), str(tmp_path / "d"), tokenizer=bundled_tokenizer_path(),
+                          max_length=129, validation_fraction=0.05, verbose=False)
+    meta_path = os.path.join(out, "meta.json")
+    meta = json.load(open(meta_path))
+    fmt = chat_format.resolve(bundled_tokenizer_path())
+    old_options = _version3_options(meta["options"], fmt)
+    old = {k: v for k, v in meta.items() if k != "chat_format"}
+    old.update(key=_key(old_options), options=old_options)
+    json.dump(old, open(meta_path, "w"))
+    cleaned = os.path.join(out, "cleaned.jsonl")
+    os.utime(cleaned, (1, 1))
+    prepare_dataset(bundled_sample_path(), out, tokenizer=bundled_tokenizer_path(), max_length=129,
+                    validation_fraction=0.05, verbose=False)
+    upgraded = json.load(open(meta_path))
+    assert upgraded["key"] == old["key"] and upgraded["current_key"] == meta["key"]
+    assert upgraded["chat_format"] == fmt.with_max_length(129).record()
+    assert os.stat(cleaned).st_mtime == 1  # not prepared again
+    # The same old record with other inputs (another max_length) is prepared again.
+    old_options["max_length"] = 257
+    json.dump({**old, "key": _key(old_options), "options": old_options}, open(meta_path, "w"))
+    prepare_dataset(bundled_sample_path(), out, tokenizer=bundled_tokenizer_path(), max_length=129,
+                    validation_fraction=0.05, verbose=False)
+    assert json.load(open(meta_path))["key"] == meta["key"] and os.stat(cleaned).st_mtime != 1

@@ -101,9 +101,10 @@ class HFTokenizer:
         self._special_ids = frozenset(i for i, t in added.items() if t.special)
         # The ids it gives, not the chat template: the template is recorded on its own (`chat_format`), and a
         # copy saved with the training template must keep the same fingerprint.
-        digest = hashlib.sha256(tokenizer_json.encode("utf-8"))
-        digest.update(json.dumps({"specials": names}, sort_keys=True).encode())
-        self.fingerprint: str = digest.hexdigest()[:16]
+        self.fingerprint: str = _fingerprint(tokenizer_json, {"specials": names})
+        # What the fingerprint was before chat formats were recorded: datasets prepared then are keyed by it.
+        self.fingerprint_with_template = _fingerprint(tokenizer_json, {"specials": names,
+                                                                       "chat_template": self.chat_template})
 
     # -- pickling --------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -176,6 +177,12 @@ class HFTokenizer:
             out.append((np.asarray(e.ids, np.int32), to_bytes[offsets[:, 0]].astype(np.int32),
                         to_bytes[offsets[:, 1]].astype(np.int32)))
         return out
+
+
+def _fingerprint(tokenizer_json: str, extra: dict[str, Any]) -> str:
+    digest = hashlib.sha256(tokenizer_json.encode("utf-8"))
+    digest.update(json.dumps(extra, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def char_to_byte_offsets(text: str) -> np.ndarray:

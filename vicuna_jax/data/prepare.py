@@ -57,6 +57,18 @@ TRAIN, VALIDATION = "train", "validation"
 TEMPLATE_REJECTS = "template_rejects.jsonl"
 
 
+def _key(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _version3_options(options: dict, fmt: ChatFormat) -> dict:
+    """The options pipeline version 3 keyed the same inputs by (the template by name; a tokenizer.json
+    tokenizer's fingerprint covering its chat template). Version 4 encodes identically."""
+    legacy = {k: v for k, v in options.items() if k != "template_sha256"}
+    fingerprint = getattr(fmt.tokenizer, "fingerprint_with_template", fmt.tokenizer.fingerprint)
+    return {**legacy, "pipeline_version": 3, "template": fmt.template, "tokenizer_fingerprint": fingerprint}
+
+
 def bundled_sample_path() -> str:
     """The raw ShareGPT-format sample shipped with the package (scripts/make_sample_data.py)."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,14 +129,25 @@ def prepare_dataset(
         "long_exchange": long_exchange,
         "clean": dataclasses.asdict(clean_config),
     }
-    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:20]
+    key = _key(options)
     meta_path = os.path.join(output_dir, META_FILE)
     if not force and os.path.isfile(meta_path):
         with open(meta_path) as f:
-            if json.load(f).get("key") == key:
-                if verbose:
-                    print(f"prepare: reusing {output_dir} (inputs unchanged, key {key})", file=sys.stderr)
-                return output_dir
+            stored = json.load(f)
+        if key in (stored.get("key"), stored.get("current_key")):
+            if verbose:
+                print(f"prepare: reusing {output_dir} (inputs unchanged, key {key})", file=sys.stderr)
+            return output_dir
+        if "chat_format" not in stored and stored.get("key") == _key(_version3_options(options, fmt)):
+            # Prepared by the previous version with these very inputs: the examples are the ones this version
+            # would write, so record the format beside them rather than prepare again. The stored key stays
+            # (a run's loader position is tied to it, so an old workdir resumes).
+            stored.update(chat_format=fmt.record(), current_key=key)
+            atomic_write_json(meta_path, stored, indent=1)
+            if verbose:
+                print(f"prepare: reusing {output_dir} (prepared by an earlier version; chat format "
+                      f"{fmt.describe()} recorded)", file=sys.stderr)
+            return output_dir
     check_output_dir(output_dir)
     _remove_previous(output_dir)
     t0 = time.time()
