@@ -112,7 +112,16 @@ def simulate_platform(platform: str) -> Iterator[None]:
 
 
 def _platform() -> str:
-    return _SIMULATED_PLATFORM.get() or jax.default_backend()
+    """The platform being traced for: a simulated one, else the active mesh's devices (compile-only TPU
+    devices from `jax.experimental.topologies` included), else the default backend."""
+    simulated = _SIMULATED_PLATFORM.get()
+    if simulated:
+        return simulated
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    if device is not None and getattr(device, "platform", None):
+        return device.platform
+    return jax.default_backend()
 
 
 def _warn_once(message: str) -> None:
