@@ -228,13 +228,14 @@ def _compile_timed(setup: dict[str, Any], simulate: str | None) -> tuple[Any, fl
 
 def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
          usable_fraction: float | None = None, policies: list[str] | None = None, simulate: str | None = None,
-         topology: str | None = None, slices: int = 1) -> dict[str, Any]:
+         topology: str | None = None, slices: int = 1, roofline: bool = True) -> dict[str, Any]:
     """Compiles the step for `c` (and for each remat policy in `policies`) and returns the report.
 
     `topology` (a Cloud TPU name such as v5p-8, or v5p:2x2x1) compiles for that TPU slice with the real TPU
     compiler on compile-only devices (libtpu needed, no TPU); `hbm_gb` then defaults to the HBM that compiler
     lets one program use (the runtime's share already taken off), and `usable_fraction` to 1. Otherwise they
-    default to 80 GB and 0.9 (a GPU, where the runtime and fragmentation take their share at run time)."""
+    default to 80 GB and 0.9 (a GPU, where the runtime and fragmentation take their share at run time).
+    With a topology and `roofline`, a roofline estimate of the step's time (`planner_roofline`) is added."""
     from vicuna_jax.hardware import topology as topology_lib
 
     target = chip = target_devices = None
@@ -275,6 +276,14 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
         "compile_seconds": seconds, "compiler_out_of_memory": oom,
         "topology": None if target is None else _topology_summary(target, compiled),
     }
+    report["roofline"] = None
+    if chip is not None and roofline and compiled is not None:
+        from vicuna_jax.train import planner_roofline  # imports JAX: never at module level here (_early_env)
+
+        compile_config = lambda v: compile_step(build(v, devices=target_devices))
+        splash = report["topology"]["mosaic_kernels"] > 0
+        report["roofline"] = planner_roofline.estimate(c, setup, len(target_devices), chip, compile_config,
+                                                       splash)
     report["policies"] = {}
     for policy in policies or []:
         entry: dict[str, Any] = {"analytic_activations": analytic(setup, policy, flash)["activations"]}
@@ -369,6 +378,10 @@ def format_report(r: dict[str, Any]) -> str:
     compiler = f"the TPU compiler (libtpu {t['libtpu']})" if t else f"XLA:{r['platform'].upper()}"
     kernels = f"; {t['mosaic_kernels']} Pallas/Mosaic kernel calls in the program" if t and m else ""
     lines.append(f"compiled by {compiler} in {r['compile_seconds']:.1f} s{kernels}")
+    if r.get("roofline"):
+        from vicuna_jax.hardware import chips, roofline
+
+        lines += ["", *roofline.format_estimate(r["roofline"], chips.CHIPS[t["chip"]])]
     if r["policies"]:
         lines += ["", "remat policy                          activations (analytic)   compiled temps   "
                       "compiled total   fits"]
@@ -395,7 +408,7 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     policies = [p for p in f.policies.split(",") if p]
     report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None,
-                  f.topology or None, f.slices)
+                  f.topology or None, f.slices, f.roofline)
     print(format_report(report))
     if f.json:
         atomic_write_json(f.json, report, indent=1)
@@ -421,6 +434,8 @@ def _define_flags() -> None:
                         "(v5p:2x2x1).")
     flags.DEFINE_integer("slices", 1, "With --topology: this many slices (multi-slice over the data-center "
                          "network).")
+    flags.DEFINE_boolean("roofline", True, "With --topology: also a roofline estimate of the step time and "
+                         "MFU (four more small compiles; --noroofline skips them).")
     flags.DEFINE_string("policies", "", "Comma list of remat policies to compile and compare as well.")
     flags.DEFINE_string("json", "", "Also write the report as JSON here.")
     flags.mark_flags_as_required(["config"])
