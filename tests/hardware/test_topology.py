@@ -43,7 +43,14 @@ def test_slice_layouts_follow_the_cloud_machines():
     assert topology.parse("v5p-8", slices=4).chips == 16
 
 
-@pytest.mark.parametrize("bad", ["v5p-7", "v5p-6", "v7-8", "v5e-2", "v5e:2x2x1", "v4:2x2", "tpu", "v6e-512"])
+def test_h100_topologies_are_hosts_of_eight():
+    assert topology.parse("h100-8").shape == (1, 8) and topology.parse("h100-8").libtpu_name == "1x1x8"
+    assert topology.parse("h100-32").shape == (4, 8) and topology.parse("h100-32").platform == "gpu"
+    assert topology.parse("h100-2").chips == 2 and topology.parse("v5p-8").platform == "tpu"
+
+
+@pytest.mark.parametrize("bad", ["v5p-7", "v5p-6", "v7-8", "v5e-2", "v5e:2x2x1", "v4:2x2", "tpu", "v6e-512",
+                                 "h100-12", "h100-3", "h100-0"])
 def test_unknown_names_list_the_valid_ones(bad):
     with pytest.raises(UserError, match=r"unknown TPU topology .*v5p-8/16/32/64/128.*v6e-1/4/8"):
         topology.parse(bad)
@@ -86,3 +93,19 @@ def test_compile_only_devices_are_one_per_chip_of_the_named_generation(name):
     assert len(devices) == t.chips
     assert {d.device_kind for d in devices} == {t.chip.device_kind}
     assert chips.chip_for_device_kind(devices[0].device_kind) is t.chip
+
+
+def test_a_missing_cuda_plugin_says_how_to_install_it(monkeypatch):
+    from vicuna_jax.hardware import gpu_target
+
+    monkeypatch.setattr(gpu_target, "have_cuda_plugin", lambda: False)
+    with pytest.raises(UserError, match=rf"CUDA PJRT plugin.*jax-cuda13-pjrt=={jax.__version__}"):
+        topology.compile_only_devices(topology.parse("h100-8"))
+
+
+def test_h100_description_is_compute_capability_9():
+    from vicuna_jax.hardware import gpu_target
+
+    text = gpu_target.target_config_text()
+    assert "cuda_compute_capability { major: 9 minor: 0 }" in text and "core_count: 132" in text
+    assert 'device_description_str: "NVIDIA H100 80GB HBM3"' in text

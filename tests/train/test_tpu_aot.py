@@ -101,7 +101,7 @@ def test_lora_over_a_quantized_base_compiles(quantization):
     assert report["topology"]["mosaic_kernels"] >= 3 and report["fits"]
 
 
-@pytest.mark.parametrize("generation", sorted(chips.CHIPS))
+@pytest.mark.parametrize("generation", ["v4", "v5e", "v5p", "v6e"])
 def test_usable_hbm_in_the_table_is_what_the_compiler_allows(generation):
     """A program needing 200 GiB on one chip: the compiler's refusal names the HBM it allows."""
     name = {"v4": "v4-8", "v5p": "v5p-8", "v5e": "v5e-1", "v6e": "v6e-1"}[generation]

@@ -46,6 +46,10 @@ CHIPS: dict[str, Chip] = {
                 _CLOUD_DOCS.format("v5p") + _USABLE_NOTE),
     "v6e": Chip("v6e", "TPU v6 lite", 32 * GIB, int(31.25 * GIB), 918e12, 1638e9,
                 _CLOUD_DOCS.format("v6e") + _USABLE_NOTE),
+    # One GPU as XLA is told it (hardware/gpu_target.py): 84,942,979,072 bytes of HBM3; nothing refuses a
+    # program that is too large at compile time, and JAX preallocates 75% of it unless told otherwise.
+    "h100": Chip("h100", "NVIDIA H100 80GB HBM3", 84_942_979_072, 84_942_979_072, 989e12, 3350e9,
+                 "NVIDIA H100 datasheet (SXM5: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3)"),
 }
 
 

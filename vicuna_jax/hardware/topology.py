@@ -7,7 +7,8 @@ accelerator types, where v4 and v5p count TensorCores (two per chip) and v5e and
 
     v4-8 v4-16 ... v4-4096, v5p-8 v5p-16 ... v5p-12288, v5e-1 v5e-4 ... v5e-256, v6e-1 v6e-4 ... v6e-256
 
-or libtpu's own `<generation>:<chips per dimension>` form (`v5p:2x2x1`, `v6e:4x4`). Host layouts follow the
+or libtpu's own `<generation>:<chips per dimension>` form (`v5p:2x2x1`, `v6e:4x4`); and `h100-N`, NVIDIA
+H100s compiled by XLA's GPU compiler without a GPU (`gpu_target`). Host layouts follow the
 Cloud machines (4 chips per v4/v5p host, 1, 4 or 8 per v5e/v6e host), so a multi-host slice compiles as the
 multi-process program it will be.
 """
@@ -49,12 +50,19 @@ class Topology:
         return math.prod(self.shape) * self.slices
 
     @property
+    def platform(self) -> str:
+        return "gpu" if self.chip.name == "h100" else "tpu"
+
+    @property
     def libtpu_name(self) -> str:
+        """libtpu's name of the slice (for a GPU topology: XLA's "<partitions>x<hosts>x<GPUs per host>")."""
+        if self.platform == "gpu":
+            return f"1x{self.shape[0]}x{self.shape[1]}"
         return f"{self.chip.name}:{'x'.join(map(str, self.shape))}"
 
     @property
     def cloud_name(self) -> str:
-        return f"{self.chip.name}-{math.prod(self.shape) * _CORES_PER_CHIP[self.chip.name]}"
+        return f"{self.chip.name}-{math.prod(self.shape) * _CORES_PER_CHIP.get(self.chip.name, 1)}"
 
     def describe_kwargs(self) -> dict[str, Any]:
         """The rest of `get_topology_desc`'s arguments: one device per chip (v4/v5p's two TensorCores as
@@ -85,13 +93,19 @@ def _unknown(name: str) -> UserError:
     listed = "; ".join(f"{gen}-" + "/".join(n.split("-")[1] for n in names)
                        for gen, names in valid_names().items())
     return UserError(f"unknown TPU topology {name!r}; valid: {listed}; or <generation>:<chips per dimension> "
-                     "(v4:2x2x1, v5p:4x4x4, v5e:2x4, v6e:4x4)")
+                     "(v4:2x2x1, v5p:4x4x4, v5e:2x4, v6e:4x4); or h100-1/2/4/8/16/... (H100s, 8 per host)")
 
 
 def parse(name: str, slices: int = 1) -> Topology:
     """`name` as a Topology; UserError naming the valid names when it is not one."""
     if slices < 1:
         raise UserError(f"--slices must be >= 1, got {slices}")
+    gpus = re.fullmatch(r"h100-(\d+)", name.strip())
+    if gpus:  # hosts of 8 GPUs (an HGX/DGX H100 node); fewer on one host
+        n = int(gpus.group(1))
+        if slices != 1 or n < 1 or (n > 8 and n % 8) or (n < 8 and 8 % n):
+            raise _unknown(name)
+        return Topology(name, CHIPS["h100"], (1, n) if n <= 8 else (n // 8, 8))
     cloud = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", name.strip())
     explicit = re.fullmatch(r"(v4|v5p|v5|v5e|v6e):(\d+(?:x\d+)+)", name.strip())
     if cloud:
@@ -148,7 +162,12 @@ def _quiet_stderr() -> Iterator[None]:
 
 
 def compile_only_devices(topology: Topology) -> list[Any]:
-    """The slice's devices (compile-only: they have no runtime). UserError when libtpu is missing."""
+    """The slice's devices (compile-only: they have no runtime). UserError when libtpu (or, for H100s, the
+    CUDA plugin) is missing."""
+    if topology.platform == "gpu":
+        from vicuna_jax.hardware.gpu_target import compile_only_gpu_devices
+
+        return compile_only_gpu_devices(*topology.shape)
     reason = libtpu_missing_reason()
     if reason:
         raise UserError(reason)

@@ -143,6 +143,9 @@ def _cudnn_device_error(head_dim: int) -> str | None:
     """Why this host's first GPU cannot run cuDNN flash attention (None when it can)."""
     if _SIMULATED_PLATFORM.get() is not None:
         return "cuDNN cannot run in interpret mode"
+    if jax.default_backend() != "gpu":  # tracing for compile-only GPU devices (hardware.gpu_target)
+        return ("cuDNN attention cannot be compiled without a GPU here (jax needs libcudnn and a device to "
+                "build its fusion)")
     device = jax.local_devices()[0]
     version = getattr(getattr(device, "client", None), "platform_version", "")
     if "cuda" not in version.lower():

@@ -247,8 +247,8 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
         target_devices = topology_lib.compile_only_devices(target)
     if hbm_gb is None:
         hbm_gb = chip.usable_hbm_gib if chip else 80.0
-    if usable_fraction is None:
-        usable_fraction = 1.0 if chip else 0.9
+    if usable_fraction is None:  # the TPU compiler's own budget is exact; a GPU's runtime takes its share
+        usable_fraction = 1.0 if target is not None and target.platform == "tpu" else 0.9
     if simulate:
         c = copy.deepcopy(c)
         c.attention = "pallas"
@@ -277,7 +277,7 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
         "topology": None if target is None else _topology_summary(target, compiled),
     }
     report["roofline"] = None
-    if chip is not None and roofline and compiled is not None:
+    if chip is not None and target.platform == "tpu" and roofline and compiled is not None:
         from vicuna_jax.train import planner_roofline  # imports JAX: never at module level here (_early_env)
 
         compile_config = lambda v: compile_step(build(v, devices=target_devices))
@@ -296,18 +296,29 @@ def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
     return report
 
 
-def _topology_summary(target: Any, compiled: Any) -> dict[str, Any]:
-    """What was compiled for: the slice, its chip and where the chip's figures come from, libtpu's version,
-    and how many Pallas (Mosaic) kernels the TPU program holds."""
+def _version(package: str) -> str | None:
     import importlib.metadata
 
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _topology_summary(target: Any, compiled: Any) -> dict[str, Any]:
+    """What was compiled for: the slice, its chip and where the chip's figures come from, libtpu's version,
+    and how many Pallas kernel calls (Mosaic on TPU, Triton on GPU) the program holds."""
+
     chip = target.chip
-    kernels = None if compiled is None else compiled.as_text().count('custom_call_target="tpu_custom_call"')
+    text = "" if compiled is None else compiled.as_text()
+    kernels = None if compiled is None else sum(text.count(f'custom_call_target="{name}"')
+                                                for name in ("tpu_custom_call", "__gpu$xla.gpu.triton"))
     return {"name": target.name, "libtpu_name": target.libtpu_name, "cloud_name": target.cloud_name,
-            "chips": target.chips, "slices": target.slices, "chip": chip.name, "hbm_gib": chip.hbm_gib,
+            "platform": target.platform, "chips": target.chips, "slices": target.slices, "chip": chip.name,
+            "hbm_gib": chip.hbm_gib,
             "usable_hbm_gib": chip.usable_hbm_gib,
             "peak_bf16_flops": chip.peak_bf16_flops, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
-            "chip_source": chip.source, "libtpu": importlib.metadata.version("libtpu"),
+            "chip_source": chip.source, "libtpu": _version("libtpu"),
             "mosaic_kernels": kernels}
 
 
@@ -365,9 +376,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  total                    {_compiled_gb(m, 'total')}     {_gb(a['total'])}",
         "",
     ]
-    hbm = f"{r['hbm_gb']:g} GiB"
+    hbm = f"{r['hbm_gb']:.4g} GiB"
     if t:
-        hbm += (f" ({t['chip']}: {t['hbm_gib']:g} GiB HBM per chip, {t['usable_hbm_gib']:g} usable by a "
+        hbm += (f" ({t['chip']}: {t['hbm_gib']:.4g} GiB HBM per chip, {t['usable_hbm_gib']:.4g} usable by a "
                 f"program; {t['chip_source']})")
     if r["compiler_out_of_memory"]:
         lines.append(f"fits in {hbm}: NO, the compiler refused it: {r['compiler_out_of_memory']}")
@@ -375,8 +386,12 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"fits in {hbm} x {r['usable_fraction']:g} usable = {budget:.1f} GiB per device: "
                      f"{'yes' if r['fits'] else 'NO'} (compiled), {'yes' if r['fits_analytic'] else 'NO'} "
                      "(analytic)")
-    compiler = f"the TPU compiler (libtpu {t['libtpu']})" if t else f"XLA:{r['platform'].upper()}"
-    kernels = f"; {t['mosaic_kernels']} Pallas/Mosaic kernel calls in the program" if t and m else ""
+    if t and t.get("platform") == "gpu":
+        compiler = "XLA's GPU compiler (CUDA plugin, no GPU)"
+    else:
+        compiler = f"the TPU compiler (libtpu {t['libtpu']})" if t else f"XLA:{r['platform'].upper()}"
+    lowering = "Triton" if t and t.get("platform") == "gpu" else "Mosaic"
+    kernels = f"; {t['mosaic_kernels']} Pallas/{lowering} kernel calls in the program" if t and m else ""
     lines.append(f"compiled by {compiler} in {r['compile_seconds']:.1f} s{kernels}")
     if r.get("roofline"):
         from vicuna_jax.hardware import chips, roofline
