@@ -8,7 +8,8 @@ by the real TPU compiler on this host (libtpu installed, no TPU).
 `decoding.batch.DecodeBatch`, as `serve` builds it: decode runs `--decode_steps` tokens for every one of the
 `--max_batch` cache rows of `--max_seq_len` slots; prefill runs the largest call the engine makes (prompts of
 `--max_seq_len` tokens, as many as `--max_prefill_tokens` allows). Per chip: the weights and the KV cache
-(exact), each program's temporaries (TPU's buffer assignment), and the peak, against the chip's HBM. The
+(exact), each program's temporaries (TPU's buffer assignment), and each one's peak (prefill's with the
+resident cache) against the chip's HBM. The
 serving engine keeps its parameters in float32 unless told otherwise (`--param_dtype` shows bfloat16
 storage).
 """
@@ -100,10 +101,14 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  {name} ({what}): does NOT fit, the compiler refused it: {p['out_of_memory']}")
             continue
         m = p["memory"]
-        verdict = "fits" if m["total"] <= usable * GIB else "does NOT fit"
+        # The cache stays on the chip while prefill runs (prefill writes a cache of its own, then inserts it).
+        resident = r["cache"] if name == "prefill" else 0
+        peak = m["total"] + resident
+        verdict = "fits" if peak <= usable * GIB else "does NOT fit"
+        cache = f" + the resident cache {resident / GIB:.2f}" if resident else ""
         lines.append(f"  {name} ({what}): arguments {m['argument'] / GIB:.2f} + temporaries "
-                     f"{m['temp'] / GIB:.2f} + outputs not aliased {(m['output'] - m['alias']) / GIB:.2f} "
-                     f"= {m['total'] / GIB:.2f}: {verdict} (compiled in {p['seconds']:.1f} s)")
+                     f"{m['temp'] / GIB:.2f} + outputs not aliased {(m['output'] - m['alias']) / GIB:.2f}"
+                     f"{cache} = {peak / GIB:.2f}: {verdict} (compiled in {p['seconds']:.1f} s)")
     return "\n".join(lines)
 
 
