@@ -40,6 +40,13 @@ EXTRAS = {
              "selenium>=4.51", "peft>=0.21.2"],
     "gpu": ["jax[cuda13]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
+    # The TPU compiler on a host without a TPU (planner --topology, tests/train/test_tpu_aot.py): libtpu must
+    # be the one built for our jaxlib, so this pins jax[tpu] to the version the project is tested with
+    # (move it with "jax" above). JAX keeps running on the CPU: only ahead-of-time TPU compiles use it.
+    "tpu-aot": ["jax[tpu]==0.10.2"],
+    # XLA's GPU compiler without a GPU (planner --topology=h100-8): the CUDA PJRT plugin alone, without the
+    # CUDA libraries (~130 MB, not ~3 GB); same pin as above.
+    "gpu-aot": ["jax-cuda13-plugin==0.10.2", "jax-cuda13-pjrt==0.10.2"],
 }
 
 setup(

@@ -27,7 +27,8 @@ PACKAGE = "vicuna_jax"
 # DESIGN.md "Layers", lowest first. A package may import packages of its own layer and of layers below it,
 # never of a layer above (cycles inside a layer are caught by the package-cycle test).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground", ("vicuna_jax", "vicuna_jax.cli", "vicuna_jax.fileio", "vicuna_jax.parallel")),
+    ("ground", ("vicuna_jax", "vicuna_jax.cli", "vicuna_jax.fileio", "vicuna_jax.parallel",
+                "vicuna_jax.hardware")),  # hardware: chip figures, compile-only TPU topologies, roofline
     ("data", ("vicuna_jax.data",)),  # tokenizers, chat format, templates, encode, pack, store, loader
     ("model", ("vicuna_jax.model",)),  # config, modules, attention backends, the loss
     ("checkpoint", ("vicuna_jax.checkpoint", "vicuna_jax.convert")),  # orbax items; HF in/out

@@ -79,11 +79,26 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axis types; -1 for one axis means 'all remaining devices'."""
+    """A (data, fsdp, tensor) mesh with Auto axis types; -1 for one axis means 'all remaining devices'.
+
+    Devices of several TPU slices (multi-slice, joined by the data-center network) get a hybrid mesh: the
+    slices split `data` when it divides evenly over them (only gradients then cross the slow network), else
+    `fsdp`; the rest of each axis stays inside a slice."""
     devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
     auto = (jax.sharding.AxisType.Auto,) * 3
-    return jax.make_mesh(mesh_shape(data, fsdp, tensor, len(devices)), MESH_AXES, axis_types=auto,
-                         devices=devices)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+    from jax.experimental import mesh_utils
+
+    axis = 0 if shape[0] % slices == 0 else 1
+    if shape[axis] % slices:
+        raise ValueError(f"mesh: {slices} slices divide neither data={shape[0]} nor fsdp={shape[1]}")
+    dcn = tuple(slices if i == axis else 1 for i in range(3))
+    ici = tuple(n // slices if i == axis else n for i, n in enumerate(shape))
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    return Mesh(grid, MESH_AXES, axis_types=auto)
 
 
 def current_mesh() -> jax.sharding.AbstractMesh | None:

@@ -112,7 +112,16 @@ def simulate_platform(platform: str) -> Iterator[None]:
 
 
 def _platform() -> str:
-    return _SIMULATED_PLATFORM.get() or jax.default_backend()
+    """The platform being traced for: a simulated one, else the active mesh's devices (compile-only TPU
+    devices from `jax.experimental.topologies` included), else the default backend."""
+    simulated = _SIMULATED_PLATFORM.get()
+    if simulated:
+        return simulated
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    if device is not None and getattr(device, "platform", None):
+        return device.platform
+    return jax.default_backend()
 
 
 def _warn_once(message: str) -> None:
@@ -134,6 +143,9 @@ def _cudnn_device_error(head_dim: int) -> str | None:
     """Why this host's first GPU cannot run cuDNN flash attention (None when it can)."""
     if _SIMULATED_PLATFORM.get() is not None:
         return "cuDNN cannot run in interpret mode"
+    if jax.default_backend() != "gpu":  # tracing for compile-only GPU devices (hardware.gpu_target)
+        return ("cuDNN attention cannot be compiled without a GPU here (jax needs libcudnn and a device to "
+                "build its fusion)")
     device = jax.local_devices()[0]
     version = getattr(getattr(device, "client", None), "platform_version", "")
     if "cuda" not in version.lower():

@@ -137,25 +137,34 @@ def tpu_block_size(length: int, head_dim: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool, window: int | None = None):
-    """Builds (once per shape) the causal (or causal sliding-window) splash kernel; mask preprocessing is
-    numpy work at trace time; blocks entirely outside the window are skipped like those above the diagonal."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+def _splash_mask(length: int, num_heads: int, window: int | None):
+    """The causal (or causal sliding-window) mask: numpy-side objects only, so safe to cache across traces."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 
     if window is None:
         head_mask = splash_mask.CausalMask((length, length))
     else:
         head_mask = splash_mask.LocalMask((length, length), window_size=(window - 1, 0), offset=0)
-    mask = splash_mask.MultiHeadMask([head_mask] * num_heads)
+    return splash_mask.MultiHeadMask([head_mask] * num_heads)
+
+
+def _splash_kernel(length: int, num_heads: int, block: int, interpret: bool, window: int | None = None):
+    """The splash kernel for one shape; blocks entirely outside the window are skipped like those above the
+    diagonal.
+
+    Built afresh in every trace, never cached or evaluated eagerly: its mask tables become constants of the
+    computation being traced, so no device is touched (compile-only TPU devices from
+    `jax.experimental.topologies` cannot run the eager op that `ensure_compile_time_eval` would need), and no
+    tracer outlives its trace. The costly part, the numpy mask processing, is cached by splash itself
+    (keyed on the mask, which `_splash_mask` keeps equal across calls)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+
     block_sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                                     block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                                     block_q_dq=block, block_kv_dq=block)
-    # Built per device inside shard_map, so it never shards heads or q itself. Its mask tables must be
-    # concrete arrays (not tracers of the jit that first asked), or the cache would leak them.
-    with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha(mask, block_sizes=block_sizes, head_shards=1, q_seq_shards=1,
-                                      interpret=interpret)
+    # Built per device inside shard_map, so it never shards heads or q itself.
+    return splash.make_splash_mha(_splash_mask(length, num_heads, window), block_sizes=block_sizes,
+                                  head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def pallas_tpu_attention(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKxD: jax.Array,

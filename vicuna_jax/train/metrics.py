@@ -18,29 +18,28 @@ import os
 from typing import Any
 
 from vicuna_jax.fileio import atomic_open
+from vicuna_jax.hardware.chips import chip_for_device_kind
 from vicuna_jax.model.config import LlamaConfig
 
-# Dense bf16 peak FLOP/s per device (vendor datasheets). fp32 compute on GPUs uses TF32 tensor cores.
+# Dense bf16 peak FLOP/s per GPU (vendor datasheets; TPUs: `hardware.chips`, by exact device kind, since
+# v5p calls itself "TPU v5"). fp32 compute on GPUs uses TF32 tensor cores.
 _PEAK_BF16 = {
     "H200": 989e12,
     "H100": 989e12,
     "A100": 312e12,
     "A10G": 125e12,
     "L4": 121e12,
-    "TPU v6": 918e12,
-    "TPU v5p": 459e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v4": 275e12,
 }
 
 
 def peak_flops(device_kind: str, dtype: str = "bfloat16") -> float | None:
     """Per-device dense peak for `dtype` compute, or None when unknown (e.g. CPU)."""
-    for name, flops in _PEAK_BF16.items():
-        if name.lower() in device_kind.lower():
-            return flops / 2 if dtype == "float32" else flops
-    return None
+    chip = chip_for_device_kind(device_kind)
+    flops = chip.peak_bf16_flops if chip else next(
+        (f for name, f in _PEAK_BF16.items() if name.lower() in device_kind.lower()), None)
+    if flops is None:
+        return None
+    return flops / 2 if dtype == "float32" else flops
 
 
 def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:

@@ -3,6 +3,7 @@
     python -m vicuna_jax.train.planner --config=configs/vicuna_13b.py --devices=8 [--hbm_gb=80]
         [--config.mesh.fsdp=8] [--config.batch_size=32 --config.remat_policy=nothing_saveable ...]
         [--policies=none,full,...]
+    python -m vicuna_jax.train.planner --config=configs/vicuna_7b.py --topology=v5p-8   # TPU, no TPU needed
 
 It builds the training step with the trainer's own `train.setup.build` (mesh, logical-axis shardings, AdamW,
 donation), but from `jax.ShapeDtypeStruct`s carrying those shardings: no weights are allocated and no data
@@ -19,6 +20,11 @@ scores; cuDNN/Pallas flash kernels keep O(T) per row instead). On a GPU or TPU h
 that backend and the figure is the real one. Treat CPU-compiled temporaries as an upper-bound-ish guide and
 the analytic activation column as the flash-attention estimate; leave headroom for the runtime (JAX
 preallocates 75% of GPU memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise: see --usable_fraction).
+
+`--topology` (libtpu installed, no TPU needed) compiles the same step for a TPU slice with the real TPU
+compiler on compile-only devices (`vicuna_jax.hardware.topology`): TPU's own buffer assignment, the Pallas
+splash kernel lowered by Mosaic, the chip's HBM to compare with. A program that cannot fit is refused by that
+compiler, and the refusal is reported as the answer.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import copy
 import math
 import os
 import sys
+import time
 from typing import Any
 
 from vicuna_jax.cli import UserError
@@ -46,16 +53,20 @@ def set_device_env(devices: int | None, platform: str | None) -> None:
 
 
 def _early_env(argv: list[str]) -> None:
-    """`--devices`/`--platform` act before absl parses flags: loading the config file imports JAX."""
+    """`--devices`/`--platform` act before absl parses flags: loading the config file imports JAX. With
+    `--topology` JAX itself runs on the CPU: the TPU is only compiled for (without this, JAX with libtpu
+    installed would first try, and fail, to open a TPU on this host)."""
     values: dict[str, str] = {}
     for i, arg in enumerate(argv):
-        for name in ("devices", "platform"):
+        for name in ("devices", "platform", "topology"):
             if arg.startswith(f"--{name}="):
                 values[name] = arg.split("=", 1)[1]
             elif arg == f"--{name}" and i + 1 < len(argv):
                 values[name] = argv[i + 1]
     devices = int(values["devices"]) if values.get("devices", "").isdigit() else None
-    set_device_env(devices, values.get("platform"))
+    platform = values.get("platform") or ("cpu" if values.get("topology") and
+                                          "JAX_PLATFORMS" not in os.environ else None)
+    set_device_env(devices, platform)
 
 
 def _shard_bytes(abstract: Any) -> int:
@@ -73,27 +84,31 @@ def _leaves(tree: Any) -> list[Any]:
     return jax.tree.leaves(tree)
 
 
-def build(c: Any, num_devices: int | None = None, remat_policy: str | None = None) -> dict[str, Any]:
+def build(c: Any, num_devices: int | None = None, remat_policy: str | None = None,
+          devices: list[Any] | None = None) -> dict[str, Any]:
     """The abstract training setup for config `c` (the trainer's own `train.setup.build`) on `num_devices`
-    devices, with an abstract batch: nothing allocated."""
+    of this host's devices, or on `devices` (e.g. compile-only TPU devices), with an abstract batch: nothing
+    allocated."""
     import jax
 
     from vicuna_jax import parallel
     from vicuna_jax.train import config as config_lib
     from vicuna_jax.train import setup as setup_lib
 
-    num_devices = num_devices or jax.device_count()
-    if num_devices > jax.device_count():
-        raise UserError(f"--devices={num_devices} but JAX already started with {jax.device_count()} devices; "
-                        "run the planner in a fresh process (it sets the simulated device count itself)")
+    if devices is None:
+        num_devices = num_devices or jax.device_count()
+        if num_devices > jax.device_count():
+            raise UserError(f"--devices={num_devices} but JAX already started with {jax.device_count()} "
+                            "devices; run the planner in a fresh process (it sets the simulated device count "
+                            "itself)")
+        devices = jax.devices()[:num_devices]
     c = copy.deepcopy(c)
     # Planning reads no data: check everything else, not whether the dataset/tokenizer paths exist here.
     c.data.path, c.tokenizer = config_lib.BUNDLED_DATA, ""
     if remat_policy is not None:
         c.remat_policy = remat_policy
-    cfg = config_lib.load(c, num_devices)
-    mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
-                              devices=jax.devices()[:num_devices])
+    cfg = config_lib.load(c, len(devices))
+    mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     total_steps = cfg.total_steps if cfg.total_steps > 0 else 1000  # the schedule's length changes no shapes
     setup = setup_lib.build(cfg, mesh, total_steps)
     return {"config": cfg, "cfg": cfg.model, "mesh": mesh, "state": setup.abstract_state,
@@ -196,42 +211,115 @@ def analytic(setup: dict[str, Any], policy: str | None = None, flash: bool = Fal
     return out
 
 
-def plan(c: Any, devices: int | None = None, hbm_gb: float = 80.0, usable_fraction: float = 0.9,
-         policies: list[str] | None = None, simulate: str | None = None) -> dict[str, Any]:
-    """Compiles the step for `c` (and for each remat policy in `policies`) and returns the report."""
-    import jax
+def _compile_timed(setup: dict[str, Any], simulate: str | None) -> tuple[Any, float, str | None]:
+    """(compiled step or None, seconds, the compiler's out-of-memory message or None). A TPU compile knows
+    the chip's HBM and refuses a program that cannot fit; that refusal is the answer, not an error."""
+    start = time.perf_counter()
+    try:
+        compiled = compile_step(setup, simulate)
+    except Exception as e:  # noqa: BLE001 - only the compiler's out-of-memory verdict is caught
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+            raise
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return None, time.perf_counter() - start, " ".join(lines[:3])[:600]
+    return compiled, time.perf_counter() - start, None
 
+
+def plan(c: Any, devices: int | None = None, hbm_gb: float | None = None,
+         usable_fraction: float | None = None, policies: list[str] | None = None, simulate: str | None = None,
+         topology: str | None = None, slices: int = 1, roofline: bool = True) -> dict[str, Any]:
+    """Compiles the step for `c` (and for each remat policy in `policies`) and returns the report.
+
+    `topology` (a Cloud TPU name such as v5p-8, or v5p:2x2x1) compiles for that TPU slice with the real TPU
+    compiler on compile-only devices (libtpu needed, no TPU); `hbm_gb` then defaults to the HBM that compiler
+    lets one program use (the runtime's share already taken off), and `usable_fraction` to 1. Otherwise they
+    default to 80 GB and 0.9 (a GPU, where the runtime and fragmentation take their share at run time).
+    With a topology and `roofline`, a roofline estimate of the step's time (`planner_roofline`) is added."""
+    from vicuna_jax.hardware import topology as topology_lib
+
+    target = chip = target_devices = None
+    if topology:
+        if simulate or devices:
+            raise UserError("--topology compiles for the real TPU slice: leave out --simulate and --devices")
+        target = topology_lib.parse(topology, slices)
+        chip = target.chip
+        target_devices = topology_lib.compile_only_devices(target)
+    if hbm_gb is None:
+        hbm_gb = chip.usable_hbm_gib if chip else 80.0
+    if usable_fraction is None:  # the TPU compiler's own budget is exact; a GPU's runtime takes its share
+        usable_fraction = 1.0 if target is not None and target.platform == "tpu" else 0.9
     if simulate:
         c = copy.deepcopy(c)
         c.attention = "pallas"
-    setup = build(c, devices)
-    compiled = compile_step(setup, simulate)
-    memory = compiled_memory(compiled)
-    platform = simulate or jax.devices()[0].platform
+    setup = build(c, devices, devices=target_devices)
+    compiled, seconds, oom = _compile_timed(setup, simulate)
+    memory = compiled_memory(compiled) if compiled is not None else None
+    cfg, mesh = setup["cfg"], setup["mesh"]
+    device = mesh.devices.flat[0]
+    platform = simulate or device.platform
     attention = setup["config"].run.attention
     flash = attention in ("cudnn", "pallas") or (attention == "auto" and platform in ("gpu", "tpu"))
     estimate = analytic(setup, flash=flash)
     budget = hbm_gb * GIB * usable_fraction
-    cfg, mesh = setup["cfg"], setup["mesh"]
     report: dict[str, Any] = {
         "model": cfg.to_dict(), "num_params": cfg.num_params(), "devices": int(mesh.size),
-        "platform": jax.devices()[0].platform, "simulate": simulate, "flash_attention": flash,
-        "mesh": dict(mesh.shape), "batch_size": c.batch_size,
+        "platform": device.platform, "device_kind": device.device_kind, "simulate": simulate,
+        "flash_attention": flash, "mesh": dict(mesh.shape), "batch_size": c.batch_size,
         "seq_len": c.seq_len, "grad_accum_steps": c.grad_accum_steps, "dtype": c.dtype,
         "param_dtype": c.param_dtype, "remat_policy": c.remat_policy, "attention": attention,
         "lora": _lora_summary(setup["config"]),
         "loss_chunk_size": c.loss_chunk_size, "compiled": memory, "state": state_bytes(setup),
         "analytic": estimate, "hbm_gb": hbm_gb, "usable_fraction": usable_fraction,
-        "fits": memory["total"] <= budget, "fits_analytic": estimate["total"] <= budget,
+        "fits": memory is not None and memory["total"] <= budget,
+        "fits_analytic": estimate["total"] <= budget,
+        "compile_seconds": seconds, "compiler_out_of_memory": oom,
+        "topology": None if target is None else _topology_summary(target, compiled),
     }
+    report["roofline"] = None
+    if chip is not None and target.platform == "tpu" and roofline and compiled is not None:
+        from vicuna_jax.train import planner_roofline  # imports JAX: never at module level here (_early_env)
+
+        compile_config = lambda v: compile_step(build(v, devices=target_devices))
+        splash = report["topology"]["mosaic_kernels"] > 0
+        report["roofline"] = planner_roofline.estimate(c, setup, len(target_devices), chip, compile_config,
+                                                       splash)
     report["policies"] = {}
     for policy in policies or []:
-        entry = {"analytic_activations": analytic(setup, policy, flash)["activations"]}
-        other = compile_step(build(c, devices, policy), simulate) if policy != c.remat_policy else compiled
-        entry["compiled"] = compiled_memory(other)
-        entry["fits"] = entry["compiled"]["total"] <= budget
+        entry: dict[str, Any] = {"analytic_activations": analytic(setup, policy, flash)["activations"]}
+        other, entry["compile_seconds"], entry["compiler_out_of_memory"] = (
+            _compile_timed(build(c, devices, policy, devices=target_devices), simulate)
+            if policy != c.remat_policy else (compiled, seconds, oom))
+        entry["compiled"] = compiled_memory(other) if other is not None else None
+        entry["fits"] = entry["compiled"] is not None and entry["compiled"]["total"] <= budget
         report["policies"][policy] = entry
     return report
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _topology_summary(target: Any, compiled: Any) -> dict[str, Any]:
+    """What was compiled for: the slice, its chip and where the chip's figures come from, libtpu's version,
+    and how many Pallas kernel calls (Mosaic on TPU, Triton on GPU) the program holds."""
+
+    chip = target.chip
+    text = "" if compiled is None else compiled.as_text()
+    kernels = None if compiled is None else sum(text.count(f'custom_call_target="{name}"')
+                                                for name in ("tpu_custom_call", "__gpu$xla.gpu.triton"))
+    return {"name": target.name, "libtpu_name": target.libtpu_name, "cloud_name": target.cloud_name,
+            "platform": target.platform, "chips": target.chips, "slices": target.slices, "chip": chip.name,
+            "hbm_gib": chip.hbm_gib,
+            "usable_hbm_gib": chip.usable_hbm_gib,
+            "peak_bf16_flops": chip.peak_bf16_flops, "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+            "chip_source": chip.source, "libtpu": _version("libtpu"),
+            "mosaic_kernels": kernels}
 
 
 def _lora_summary(cfg: Any) -> dict[str, Any] | None:
@@ -246,13 +334,25 @@ def _gb(n: float) -> str:
     return f"{n / GIB:8.2f}"
 
 
-def format_report(r: dict[str, Any]) -> str:
-    m, a = r["compiled"], r["analytic"]
-    budget = r["hbm_gb"] * r["usable_fraction"]
-    where = f"{r['devices']} {r['platform']} device(s)" + (
+def _compiled_gb(m: dict[str, int] | None, key: str) -> str:
+    return _gb(m[key]) if m is not None else f"{'-':>8s}"
+
+
+def _where(r: dict[str, Any]) -> str:
+    t = r.get("topology")
+    if t:
+        slices = f" x {t['slices']} slices" if t["slices"] > 1 else ""
+        return (f"{r['devices']} {r['device_kind']} chips ({t['cloud_name']} = {t['libtpu_name']}{slices}, "
+                "compile-only)")
+    return f"{r['devices']} {r['platform']} device(s)" + (
         f", attention as the {r['simulate']} Pallas kernel (interpreted)" if r["simulate"] else "")
+
+
+def format_report(r: dict[str, Any]) -> str:
+    m, a, t = r["compiled"], r["analytic"], r.get("topology")
+    budget = r["hbm_gb"] * r["usable_fraction"]
     lines = [
-        f"model {r['num_params'] / 1e9:.2f}B params on {where}, mesh {r['mesh']}; "
+        f"model {r['num_params'] / 1e9:.2f}B params on {_where(r)}, mesh {r['mesh']}; "
         f"batch {r['batch_size']} x {r['seq_len']} (accum {r['grad_accum_steps']}), {r['dtype']} compute, "
         f"{r['param_dtype']} params, remat={r['remat_policy']}, attention={r['attention']}, "
         f"loss_chunk={r['loss_chunk_size']}",
@@ -266,32 +366,52 @@ def format_report(r: dict[str, Any]) -> str:
         f"{_gb(a['params'])}",
         f"  optimizer state          {_gb(r['state']['opt_state'])}     {_gb(a['opt_state'])}",
         f"  batch                    {_gb(r['state']['batch'])}     {_gb(a['batch'])}",
-        f"  arguments (all of these) {_gb(m['argument'])}",
-        f"  outputs                  {_gb(m['output'])}",
-        f"  aliased (donated)        {_gb(m['alias'])}",
-        f"  temporaries              {_gb(m['temp'])}     {_gb(a['grads'] + a['activations'] + a['logits'])}"
-        f"  (grads {a['grads'] / GIB:.2f} + activations {a['activations'] / GIB:.2f} + logits "
-        f"{a['logits'] / GIB:.2f})",
-        f"  generated code           {_gb(m['generated_code'])}",
-        f"  total                    {_gb(m['total'])}     {_gb(a['total'])}",
+        f"  arguments (all of these) {_compiled_gb(m, 'argument')}",
+        f"  outputs                  {_compiled_gb(m, 'output')}",
+        f"  aliased (donated)        {_compiled_gb(m, 'alias')}",
+        f"  temporaries              {_compiled_gb(m, 'temp')}     "
+        f"{_gb(a['grads'] + a['activations'] + a['logits'])}  (grads {a['grads'] / GIB:.2f} + activations "
+        f"{a['activations'] / GIB:.2f} + logits {a['logits'] / GIB:.2f})",
+        f"  generated code           {_compiled_gb(m, 'generated_code')}",
+        f"  total                    {_compiled_gb(m, 'total')}     {_gb(a['total'])}",
         "",
-        f"fits in {r['hbm_gb']:g} GB x {r['usable_fraction']:g} usable = {budget:.1f} GB per device: "
-        f"{'yes' if r['fits'] else 'NO'} (compiled), {'yes' if r['fits_analytic'] else 'NO'} (analytic)",
     ]
+    hbm = f"{r['hbm_gb']:.4g} GiB"
+    if t:
+        hbm += (f" ({t['chip']}: {t['hbm_gib']:.4g} GiB HBM per chip, {t['usable_hbm_gib']:.4g} usable by a "
+                f"program; {t['chip_source']})")
+    if r["compiler_out_of_memory"]:
+        lines.append(f"fits in {hbm}: NO, the compiler refused it: {r['compiler_out_of_memory']}")
+    else:
+        lines.append(f"fits in {hbm} x {r['usable_fraction']:g} usable = {budget:.1f} GiB per device: "
+                     f"{'yes' if r['fits'] else 'NO'} (compiled), {'yes' if r['fits_analytic'] else 'NO'} "
+                     "(analytic)")
+    if t and t.get("platform") == "gpu":
+        compiler = "XLA's GPU compiler (CUDA plugin, no GPU)"
+    else:
+        compiler = f"the TPU compiler (libtpu {t['libtpu']})" if t else f"XLA:{r['platform'].upper()}"
+    lowering = "Triton" if t and t.get("platform") == "gpu" else "Mosaic"
+    kernels = f"; {t['mosaic_kernels']} Pallas/{lowering} kernel calls in the program" if t and m else ""
+    lines.append(f"compiled by {compiler} in {r['compile_seconds']:.1f} s{kernels}")
+    if r.get("roofline"):
+        from vicuna_jax.hardware import chips, roofline
+
+        lines += ["", *roofline.format_estimate(r["roofline"], chips.CHIPS[t["chip"]])]
     if r["policies"]:
         lines += ["", "remat policy                          activations (analytic)   compiled temps   "
                       "compiled total   fits"]
         for name, p in r["policies"].items():
             lines.append(f"  {name:36s} {_gb(p['analytic_activations'])} GiB        "
-                         f"{_gb(p['compiled']['temp'])} GiB     {_gb(p['compiled']['total'])} GiB   "
-                         f"{'yes' if p['fits'] else 'NO'}")
+                         f"{_compiled_gb(p['compiled'], 'temp')} GiB     "
+                         f"{_compiled_gb(p['compiled'], 'total')} GiB   {'yes' if p['fits'] else 'NO'}")
     lines.append(f"Analytic activations assume {'flash' if r['flash_attention'] else 'xla'} attention.")
     if r["platform"] == "cpu":
         scores = ("a Pallas flash kernel run in interpret mode" if r["simulate"] else
                   "the xla attention backend ([B, H, T, T] scores; try --simulate=gpu)")
         lines += ["", f"Compiled on CPU: temporaries follow XLA:CPU's fusion and buffer assignment and "
                       f"{scores}; XLA:CPU also computes bf16 elementwise ops in fp32. A GPU/TPU compile "
-                      "fuses more and usually needs less. Arguments and outputs are exact for any backend."]
+                      "fuses more and usually needs less (--topology compiles for TPU). Arguments and "
+                      "outputs are exact for any backend."]
     return "\n".join(lines)
 
 
@@ -302,7 +422,8 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     policies = [p for p in f.policies.split(",") if p]
-    report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None)
+    report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None,
+                  f.topology or None, f.slices, f.roofline)
     print(format_report(report))
     if f.json:
         atomic_write_json(f.json, report, indent=1)
@@ -315,11 +436,21 @@ def _define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
     flags.DEFINE_integer("devices", None, "Devices to plan for (simulated on CPU); default: all visible.")
     flags.DEFINE_string("platform", None, "Force a JAX platform (e.g. cpu) before JAX starts.")
-    flags.DEFINE_float("hbm_gb", 80.0, "Memory per device, GB (H100/A100-80G: 80; H200: 141; v5p: 95).")
-    flags.DEFINE_float("usable_fraction", 0.9, "Share of it the program may use (runtime, fragmentation; "
-                       "JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 by default on GPU).")
+    flags.DEFINE_float("hbm_gb", None, "Memory per device, GiB (default: with --topology the chip's, as the "
+                       "TPU compiler allows; else 80. H100/A100-80G: 80; H200: 141).")
+    flags.DEFINE_float("usable_fraction", None, "Share of it the program may use (default 0.9: runtime, "
+                       "fragmentation; JAX preallocates XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 by default on "
+                       "GPU. With --topology 1: the compiler's usable HBM is the budget already).")
     flags.DEFINE_enum("simulate", "", ["", "gpu", "tpu"], "Trace attention as that platform's Pallas flash "
                       "kernel (interpreted here), for temporaries closer to a GPU/TPU run.")
+    flags.DEFINE_string("topology", "", "Compile for this TPU slice with the real TPU compiler, on this "
+                        "host (needs libtpu, not a TPU): a Cloud TPU name (v4-8, v5e-1/4/8/16..., "
+                        "v5p-8/16/.../128..., v6e-1/4/8...) or <generation>:<chips per dimension> "
+                        "(v5p:2x2x1).")
+    flags.DEFINE_integer("slices", 1, "With --topology: this many slices (multi-slice over the data-center "
+                         "network).")
+    flags.DEFINE_boolean("roofline", True, "With --topology: also a roofline estimate of the step time and "
+                         "MFU (four more small compiles; --noroofline skips them).")
     flags.DEFINE_string("policies", "", "Comma list of remat policies to compile and compare as well.")
     flags.DEFINE_string("json", "", "Also write the report as JSON here.")
     flags.mark_flags_as_required(["config"])
