@@ -42,11 +42,15 @@ def cpu_env(devices: int = 1, **extra: str) -> dict[str, str]:
 
 
 def logged_losses(workdir: str) -> dict[int, float]:
-    """Step -> training loss, from the run's metrics.jsonl."""
+    """Step -> training loss, from the run's metrics.jsonl (the last row of a step; a line cut short by a
+    kill is skipped)."""
     out = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
             if "loss" in row:
                 out[row["step"]] = row["loss"]
     return out

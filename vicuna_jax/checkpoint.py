@@ -174,13 +174,14 @@ def load_params(checkpoint_dir: str, abstract_params: Any = None) -> tuple[Llama
         abstract_params = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), meta.tree)
     else:
-        _check_shapes(step_dir, checkpointer, abstract_params)
+        check_shapes(step_dir, checkpointer, abstract_params)
     restored = checkpointer.restore(
         step_dir, ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
     return cfg, restored[PARAMS_ITEM]
 
 
-def _check_shapes(step_dir: str, checkpointer: ocp.Checkpointer, abstract_params: Any) -> None:
+def check_shapes(step_dir: str, checkpointer: ocp.Checkpointer, abstract_params: Any) -> None:
+    """A CheckpointError naming the first parameter whose name or shape differs from `abstract_params`."""
     stored = checkpointer.metadata(step_dir).item_metadata[PARAMS_ITEM].tree
     flat_stored = dict(_flatten(stored))
     flat_wanted = dict(_flatten(abstract_params))

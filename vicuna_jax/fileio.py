@@ -2,19 +2,100 @@
 
 `atomic_open` / `atomic_write_text` / `atomic_write_json` write a file whole or not at all: the bytes go to
 a temporary file in the same directory, are flushed to disk, and the temporary file is renamed over the
-target. `replace_dir` does the same for a directory. Files get the mode an ordinary `open()` would give them
-(0666 less the umask), not mkstemp's 0600.
+target (a symbolic link at the target is replaced, never written through). `replace_dir` does the same for
+a directory. Files get the mode an ordinary `open()` would give them (0666 less the umask), not mkstemp's
+0600. `hold_lock` and `open_append` open fixed-name files that are written in place (a lock, a log) without
+following a symbolic link, so a link planted in a shared directory cannot redirect the write to its target.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
+
+from vicuna_jax.cli import UserError
+
+
+class UnsafePathError(UserError):
+    """A file the program writes in place is a symbolic link, a hard link or not a regular file."""
+
+
+class LockHeldError(OSError):
+    """`hold_lock`: another process holds the lock; `holder` is what it wrote in the lock file."""
+
+    def __init__(self, path: str, holder: str):
+        super().__init__(errno.EWOULDBLOCK, f"{path} is locked by {holder}")
+        self.holder = holder
+
+
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a planted FIFO must not hang us
+
+
+def _open_in_place(path: str, flags: int, what: str) -> int:
+    """`os.open(path, flags | O_NOFOLLOW)` of a regular file with one link: a new file is created with
+    O_EXCL; an existing symbolic link, hard link, FIFO or device is refused (UnsafePathError)."""
+    try:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | _NO_FOLLOW, 0o666)
+        except FileExistsError:
+            fd = os.open(path, flags | _NO_FOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(f"{path} is a symbolic link; the {what} is never written through a link "
+                                  "(someone else may have planted it): remove it and run again") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        kind = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise UnsafePathError(f"{path} is {kind}; the {what} is written only to a file of its own: remove it "
+                              "and run again")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def hold_lock(path: str | os.PathLike, what: str = "lock file") -> int:
+    """Takes an exclusive `flock` on `path` (created if needed, never through a link) and writes
+    "PID <pid> on <host>" into it; returns the descriptor (closing it releases the lock; so does the
+    process's death, even by kill -9). Raises LockHeldError when another process holds it."""
+    path = os.fspath(path)
+    fd = _open_in_place(path, os.O_RDWR, what)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise LockHeldError(path, holder) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def open_append(path: str | os.PathLike, what: str = "log") -> IO[str]:
+    """A text file opened for appending, never through a link (see `_open_in_place`). A last line cut short
+    (by a kill) is ended first, so the next line starts on its own."""
+    path = os.fspath(path)
+    fd = _open_in_place(path, os.O_RDWR | os.O_APPEND, what)
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        os.write(fd, b"\n")
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def current_umask() -> int:

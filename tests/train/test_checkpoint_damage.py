@@ -1,9 +1,11 @@
-"""Damaged checkpoints: truncated, deleted or bit-flipped files, a broken data position. The run resumes
+"""Damaged checkpoints: truncated, deleted or bit-flipped files, a broken data position, a deleted seal.
+The run resumes
 from the newest intact checkpoint, exactly, and says which one it skipped and why. A save that fails stops
 the run with one error line."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 from train_utils import cli_args, config, env, losses
 
 from vicuna_jax.train import train
-from vicuna_jax.train.checkpointing import CHECKSUMS_FILE, DAMAGED_DIR, NoIntactCheckpointError
+from vicuna_jax.train.checkpointing import CHECKSUMS_FILE, DAMAGED_DIR, SEALS_FILE, NoIntactCheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,9 @@ DAMAGE = {
     "deleted optimizer file": lambda step_dir: os.remove(_largest_file(os.path.join(step_dir, "opt_state"))),
     "flipped bit in params": lambda step_dir: _flip_bit(_largest_file(os.path.join(step_dir, "params"))),
     "truncated data_state": lambda step_dir: _truncate(os.path.join(step_dir, "data_state", "metadata")),
+    "deleted seal, flipped bit": lambda step_dir: (
+        os.remove(os.path.join(step_dir, CHECKSUMS_FILE)),
+        _flip_bit(_largest_file(os.path.join(step_dir, "params")))),
 }
 
 
@@ -79,6 +84,20 @@ def test_the_reason_names_the_damage(prepared, finished_run, tmp_path):
     assert "params/" in reason and "checksum" in reason, reason
 
 
+def test_a_checkpoint_saved_but_not_yet_sealed_when_killed_resumes(prepared, finished_run, tmp_path):
+    """A kill between the end of orbax's save and the sealing leaves a complete checkpoint without
+    checksums.json that the seal record does not list: it is judged by whether it restores, and it does."""
+    workdir = str(tmp_path / "w")
+    shutil.copytree(finished_run, workdir)
+    os.remove(os.path.join(workdir, "checkpoints", "9", CHECKSUMS_FILE))
+    with open(os.path.join(workdir, SEALS_FILE)) as f:
+        assert json.load(f) == {"sealed": [3, 6, 9]}
+    with open(os.path.join(workdir, SEALS_FILE), "w") as f:
+        json.dump({"sealed": [3, 6]}, f)
+    summary = train(config(prepared, total_steps=12, checkpoint_every=3), workdir)
+    assert summary["start_step"] == 9 and not os.path.exists(os.path.join(workdir, DAMAGED_DIR))
+
+
 def test_no_intact_checkpoint_is_a_clear_error(prepared, finished_run, tmp_path):
     workdir = str(tmp_path / "w")
     shutil.copytree(finished_run, workdir)
@@ -87,6 +106,10 @@ def test_no_intact_checkpoint_is_a_clear_error(prepared, finished_run, tmp_path)
     with pytest.raises(NoIntactCheckpointError, match="none of the checkpoints"):
         train(config(prepared, total_steps=12, checkpoint_every=3), workdir)
     assert sorted(os.listdir(os.path.join(workdir, DAMAGED_DIR))) == ["3", "6", "9"]
+    metrics = open(os.path.join(workdir, "metrics.jsonl"), "rb").read()
+    with pytest.raises(NoIntactCheckpointError, match="every checkpoint of this run was moved"):
+        train(config(prepared, total_steps=12, checkpoint_every=3), workdir)  # not silently from step 0
+    assert open(os.path.join(workdir, "metrics.jsonl"), "rb").read() == metrics
 
 
 def test_a_save_that_fails_stops_the_run_with_one_error_line(prepared, tmp_path):

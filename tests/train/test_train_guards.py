@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,3 +137,49 @@ def test_rerunning_a_finished_run_reports_it_is_done(prepared, tmp_path):
     assert again["already_complete"] is True and again["start_step"] == 2
     assert open(os.path.join(workdir, "metrics.jsonl")).read() == metrics  # no duplicate eval row
     assert os.stat(exported).st_mtime_ns == mtime  # not exported again
+
+
+def test_a_planted_symbolic_link_never_redirects_a_write(prepared, tmp_path):
+    """In a shared workdir someone links the trainer's fixed names to a victim's files: the lock and the
+    metrics log (written in place) refuse the link; files written whole replace the link, not its target; a
+    directory linked by another user is refused. Every victim keeps its bytes."""
+    from vicuna_jax.train.workdir import WorkdirError
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    victims = {}
+    for name in (".lock", "metrics.jsonl", "train_config.json", "tokenizer.model"):
+        victim = tmp_path / f"victim{len(victims)}"
+        victim.write_text("precious\n")
+        victims[name] = victim
+    c = config(prepared, total_steps=1, checkpoint_every=1)
+
+    (workdir / ".lock").symlink_to(victims[".lock"])
+    with pytest.raises(WorkdirError, match=r"\.lock is a symbolic link"):
+        train(c, str(workdir))
+    (workdir / ".lock").unlink()
+    (workdir / "metrics.jsonl").symlink_to(victims["metrics.jsonl"])
+    with pytest.raises(UserError, match=r"metrics\.jsonl is a symbolic link"):
+        train(c, str(workdir))
+    (workdir / "metrics.jsonl").unlink()
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)  # stopped before its first step
+
+    victim_dir = tmp_path / "victim_dir"
+    victim_dir.mkdir()
+    (victim_dir / "config.json").write_text("precious\n")
+    (workdir / "hf").symlink_to(victim_dir)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a link owned by another user")
+    os.lchown(workdir / "hf", 12345, 12345)
+    with pytest.raises(WorkdirError, match=r"hf is a symbolic link owned by another user"):
+        train(c, str(workdir))
+    (workdir / "hf").unlink()
+
+    for name in ("train_config.json", "tokenizer.model"):
+        (workdir / name).unlink(missing_ok=True)
+        (workdir / name).symlink_to(victims[name])
+    assert train(c, str(workdir))["final_step"] == 1
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious\n", name
+        assert not (workdir / name).is_symlink(), name
+    assert (victim_dir / "config.json").read_text() == "precious\n"

@@ -42,7 +42,7 @@ from vicuna_jax.data.hf_tokenizer import (
 )
 from vicuna_jax.data.template import EOS, Template, get_template, template_names
 from vicuna_jax.data.tokenizer import Tokenizer, load_tokenizer
-from vicuna_jax.fileio import atomic_write_json
+from vicuna_jax.fileio import atomic_open, atomic_write_json
 
 AUTO = AUTO_TEMPLATE
 DEFAULT_TEMPLATE = "vicuna_v1.1"
@@ -150,7 +150,7 @@ class ChatFormat:
         if isinstance(tok, HFTokenizer):
             save_hf_tokenizer_files(tok, out_dir, self.chat_template, model_max_length)
         else:
-            with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+            with atomic_open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
                 f.write(tok._proto)
             specials = dict(tok.special_tokens)
             config = sentencepiece_tokenizer_config(specials, self.chat_template, model_max_length)

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from vicuna_jax.fileio import atomic_open
+
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
@@ -220,7 +222,7 @@ def save_hf_tokenizer_files(tokenizer: HFTokenizer, directory: str, chat_templat
     """tokenizer.json and a tokenizer_config.json (the source's keys, its special tokens, `chat_template`
     inline) that transformers loads to the same tokenizer; no chat_template.jinja, which would win."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, TOKENIZER_JSON), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(directory, TOKENIZER_JSON)) as f:  # replaces a link, never its target
         f.write(tokenizer._json)
     config = {k: v for k, v in tokenizer._config.items() if k != "chat_template"}
     config.update(tokenizer.special_tokens)
@@ -229,7 +231,7 @@ def save_hf_tokenizer_files(tokenizer: HFTokenizer, directory: str, chat_templat
         config["model_max_length"] = model_max_length
     if chat_template is not None:
         config["chat_template"] = chat_template
-    with open(os.path.join(directory, TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+    with atomic_open(os.path.join(directory, TOKENIZER_CONFIG)) as f:
         json.dump(config, f, indent=2, ensure_ascii=False)
 
 

@@ -23,6 +23,7 @@ from vicuna_jax.data.hf_tokenizer import (
     read_hf_tokenizer_config,
     save_hf_tokenizer_files,
 )
+from vicuna_jax.fileio import atomic_open
 
 # sentencepiece's BPE slows down on long strings (~2.7M tok/s at 1K chars, ~1.1M at 10K on our CPU). A single
 # space between two non-space characters is a word boundary no piece crosses, so long texts are encoded in
@@ -298,7 +299,8 @@ def copy_tokenizer(path: str, directory: str, chat_template: str | None = None) 
         return out
     source = os.path.join(path, "tokenizer.model") if os.path.isdir(path) else path
     out = os.path.join(directory, "tokenizer.model")
-    shutil.copyfile(source, out)
+    with open(source, "rb") as src, atomic_open(out, "wb") as dst:  # replaces a link at `out`, not its target
+        shutil.copyfileobj(src, dst)
     return out
 
 

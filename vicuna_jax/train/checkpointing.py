@@ -24,7 +24,12 @@ from vicuna_jax.checkpoint import (
     OPT_ITEM,
     PARAMS_ITEM,
     TRAIN_ITEM,
+    CheckpointError,
+    _checkpointer,
+    check_shapes,
     item_handlers,
+    load_params,
+    resolve_checkpoint_dir,
 )
 from vicuna_jax.cli import UserError
 from vicuna_jax.fileio import atomic_write_json, atomic_write_text
@@ -33,6 +38,10 @@ from vicuna_jax.train.step import TrainState
 
 CHECKSUMS_FILE = "checksums.json"  # in each step directory: {relative path: [bytes, crc32]}
 DAMAGED_DIR = "checkpoints-damaged"  # beside checkpoints/: steps that failed verification, kept for a look
+# beside checkpoints/: {"sealed": [steps]}, the steps whose checksums.json was written. A step listed here
+# without its checksums.json lost its seal (damage); one not listed was saved by a run killed between the end
+# of the save and the sealing, or by an older version, and is judged by whether it restores.
+SEALS_FILE = "checkpoint_seals.json"
 
 
 class CheckpointSaveError(UserError):
@@ -45,6 +54,10 @@ class CheckpointSaveError(UserError):
 
 class NoIntactCheckpointError(UserError):
     """Every checkpoint of the run failed verification."""
+
+
+class CheckpointMismatchError(UserError):
+    """An intact checkpoint does not fit this run's model or optimizer: refused, left where it is."""
 
 
 def file_checksums(step_dir: str) -> dict[str, list[int]]:
@@ -64,18 +77,27 @@ def file_checksums(step_dir: str) -> dict[str, list[int]]:
     return out
 
 
-def verify_step_dir(step_dir: str) -> str | None:
-    """None when `step_dir` matches its checksums, else what is wrong (the first problem found)."""
+def verify_step_dir(step_dir: str, sealed: bool = False) -> str | None:
+    """None when `step_dir` matches its checksums, else what is wrong (the first problem found). `sealed`:
+    the step is known to have been sealed (`SEALS_FILE`), so a missing checksum file is damage too."""
     path = os.path.join(step_dir, CHECKSUMS_FILE)
     try:
         with open(path) as f:
             expected = json.load(f)
     except FileNotFoundError:
+        if sealed:
+            return (f"{CHECKSUMS_FILE} is missing, but the checkpoint was sealed after its save (see "
+                    f"{SEALS_FILE}): its bytes can no longer be checked")
         return None  # sealed only after the save completed: a kill in between leaves none (restore decides)
     except (OSError, json.JSONDecodeError) as e:
         return f"{CHECKSUMS_FILE} is unreadable ({e})"
+    if not isinstance(expected, dict):
+        return f"{CHECKSUMS_FILE} is not a checksum table"
     actual = file_checksums(step_dir)
-    for rel, (size, crc) in expected.items():
+    for rel, entry in expected.items():
+        if not (isinstance(entry, list) and len(entry) == 2):
+            return f"{CHECKSUMS_FILE} is not a checksum table (entry {rel!r})"
+        size, crc = entry
         if rel not in actual:
             return f"{rel} is missing"
         if actual[rel][0] != size:
@@ -185,6 +207,26 @@ class TrainCheckpoints:
         for step in done:
             atomic_write_json(os.path.join(self.step_dir(step), CHECKSUMS_FILE),
                               file_checksums(self.step_dir(step)))
+        if done:
+            self._write_seals(self._read_seals() | set(done))
+
+    def _seals_path(self) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.directory)), SEALS_FILE)
+
+    def _read_seals(self) -> set[int]:
+        try:
+            with open(self._seals_path()) as f:
+                steps = json.load(f).get("sealed", [])
+            return {int(s) for s in steps}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, TypeError, AttributeError):
+            return set()  # unreadable: every unsealed checkpoint is then judged by whether it restores
+
+    def _write_seals(self, steps: set[int]) -> None:
+        """Keeps the steps that still exist (orbax deletes old ones)."""
+        present = {s for s in steps if os.path.isdir(self.step_dir(s))}
+        atomic_write_json(self._seals_path(), {"sealed": sorted(present)})
 
     # ------------------------------------------------------------ restoring
 
@@ -202,17 +244,32 @@ class TrainCheckpoints:
 
     def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, dict[str, Any]] | None:
         """The newest checkpoint that verifies and restores: (step, state, data_state), or None when there
-        are no checkpoints. Damaged ones are moved aside with a warning naming the step and the reason."""
+        are no checkpoints. Damaged ones (their bytes fail their seal, or an unsealed one does not restore)
+        are moved aside with a warning naming the step and the reason. An intact checkpoint that does not
+        fit this run (other shapes or optimizer) is a `CheckpointMismatchError`, and nothing is moved."""
         steps = sorted(self.manager.all_steps(), reverse=True)
+        damaged = self._damaged_dir()
+        if not steps and os.path.isdir(damaged) and os.listdir(damaged):
+            raise NoIntactCheckpointError(
+                f"every checkpoint of this run was moved to {damaged} as damaged (see DAMAGED.txt in each); "
+                "restore a copy into checkpoints/, or move that directory away to start again from step 0, "
+                "or use a new workdir")
+        sealed = self._read_seals() if jax.process_index() == 0 else set()
         for step in steps:
-            reason = verify_step_dir(self.step_dir(step)) if jax.process_index() == 0 else None
+            has_seal = step in sealed or os.path.isfile(os.path.join(self.step_dir(step), CHECKSUMS_FILE))
+            is_main = jax.process_index() == 0
+            reason = verify_step_dir(self.step_dir(step), step in sealed) if is_main else None
             reason = _agree_on(reason)
             if reason is None:
+                self._check_fits(step, abstract_state)
                 try:
                     state, data_state = self.restore(step, abstract_state)
                     _check_data_state(data_state)
                     return step, state, data_state
                 except Exception as e:  # noqa: BLE001 - any unreadable item means: not this checkpoint
+                    if _agree_on("sealed" if has_seal else None) is not None:
+                        raise CheckpointMismatchError(self._mismatch(step, f"{type(e).__name__}: "
+                                                                           f"{_first_line(e)}")) from None
                     reason = f"it does not restore: {type(e).__name__}: {_first_line(e)}"
             self._move_aside(step, reason)
         if steps:
@@ -222,6 +279,21 @@ class TrainCheckpoints:
                 f"{self._damaged_dir()}. Restore a copy, or start afresh in a new workdir.")
         return None
 
+    def _check_fits(self, step: int, abstract_state: TrainState) -> None:
+        """Compares the stored parameter shapes with the run's before restoring (orbax's own failure would
+        look like damage)."""
+        try:
+            check_shapes(self.step_dir(step), _checkpointer(), abstract_state.params)
+        except CheckpointError as e:
+            raise CheckpointMismatchError(self._mismatch(step, str(e))) from None
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore below decides
+            pass
+
+    def _mismatch(self, step: int, why: str) -> str:
+        return (f"checkpoint step {step} in {self.directory} does not fit this run ({why}); its files are "
+                "intact and were left in place. It was saved with other settings: rerun with them to resume, "
+                "or start a new run in a new workdir (config.init_from can start it from this checkpoint)")
+
     def _damaged_dir(self) -> str:
         return os.path.join(os.path.dirname(os.path.abspath(self.directory)), DAMAGED_DIR)
 
@@ -230,6 +302,7 @@ class TrainCheckpoints:
                         reason)
         self.skipped[step] = reason
         if jax.process_index() == 0:
+            self._write_seals(self._read_seals() - {step})
             os.makedirs(self._damaged_dir(), exist_ok=True)
             target = os.path.join(self._damaged_dir(), str(step))
             n = 1
@@ -241,6 +314,20 @@ class TrainCheckpoints:
 
         sync_processes(f"checkpoint_skip_{step}")
         self.manager.reload()
+
+
+def init_from_checkpoint(path: str, abstract_params: Any) -> Any:
+    """The parameters of the checkpoint `path` (a step directory, or a workdir: its latest), placed per
+    `abstract_params`, for `config.init_from`. Its seal is checked first; a damaged, LoRA or misfitting
+    checkpoint is one error naming config.init_from."""
+    try:
+        step_dir = resolve_checkpoint_dir(path)
+        damage = verify_step_dir(step_dir)
+        if damage is not None:
+            raise CheckpointError(f"{step_dir} is damaged: {damage}")
+        return load_params(step_dir, abstract_params)[1]
+    except CheckpointError as e:
+        raise UserError(f"config.init_from: {e}") from None
 
 
 def _check_data_state(data_state: Any) -> None:

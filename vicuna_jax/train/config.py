@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from vicuna_jax.checkpoint import load_model_config
+from vicuna_jax.cli import UserError
 from vicuna_jax.lora import config as lora_config
 from vicuna_jax.lora.config import LoRAConfig
 from vicuna_jax.model.attention import BACKENDS
@@ -41,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
         f.name: config_dict.placeholder(_FIELD_TYPES.get(f.name, int))
         for f in dataclasses.fields(LlamaConfig)})
     c.init_from_hf = ""  # HF Llama/Mistral/Qwen2/Qwen3 directory to start from ("" = random init).
+    # A vicuna_jax checkpoint (a step directory, or a workdir: its latest) whose weights start a new run at
+    # step 0 with a fresh optimizer and data position; its architecture is the run's. Full fine-tuning only.
+    c.init_from = ""
     # tokenizer.model, tokenizer.json or a directory with one; "" = <init_from_hf>'s own, else the bundled.
     c.tokenizer = ""
 
@@ -160,8 +165,18 @@ def _get(c: ml_collections.ConfigDict, key: str):
 
 
 def model_config(c: ml_collections.ConfigDict) -> LlamaConfig:
-    """The architecture: from `init_from_hf`'s config.json, else the preset plus overrides."""
-    if c.init_from_hf:
+    """The architecture: from `init_from_hf`'s config.json or `init_from`'s checkpoint, else the preset; plus
+    overrides."""
+    if c.init_from_hf and c.init_from:
+        _fail("init_from", "give init_from (a vicuna_jax checkpoint) or init_from_hf, not both")
+    if c.init_from:
+        try:
+            cfg = load_model_config(c.init_from)
+        except UserError as e:
+            _fail("init_from", str(e))
+        except Exception as e:  # noqa: BLE001 - orbax raises assorted errors for an unreadable item
+            _fail("init_from", f"{c.init_from}: unreadable model_config ({type(e).__name__}: {e})")
+    elif c.init_from_hf:
         if not os.path.isfile(os.path.join(c.init_from_hf, "config.json")):
             _fail("init_from_hf", f"{c.init_from_hf} has no config.json")
         cfg = LlamaConfig.from_hf_config(c.init_from_hf)
@@ -237,7 +252,9 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
         _fail("data.path", f"{c.data.path} does not exist")
     if c.tokenizer and not os.path.exists(c.tokenizer):
         _fail("tokenizer", f"{c.tokenizer} does not exist")
-    lora_config.load(c.lora, cfg)
+    if lora_config.load(c.lora, cfg).enabled and c.init_from:
+        _fail("init_from", "is for full fine-tuning; a LoRA run starts from init_from_hf (and "
+                           "lora.init_adapter)")
     return cfg
 
 
@@ -288,6 +305,7 @@ class TrainConfig:
     mesh: MeshConfig = MeshConfig()
     lora: LoRAConfig = LoRAConfig()
     init_from_hf: str = ""
+    init_from: str = ""
     tokenizer: str = ""
     seq_len: int = 2048
     batch_size: int = 128

@@ -28,11 +28,11 @@ from vicuna_jax.cli import UserError
 from vicuna_jax.convert import load_hf, save_hf
 from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.data.tokenizer import copy_tokenizer, load_tokenizer
-from vicuna_jax.fileio import atomic_write_json
 from vicuna_jax.lora import base as lora_base
 from vicuna_jax.lora import run as lora_run
 from vicuna_jax.train import config as config_lib
-from vicuna_jax.train.checkpointing import TrainCheckpoints
+from vicuna_jax.train import settings
+from vicuna_jax.train.checkpointing import TrainCheckpoints, init_from_checkpoint
 from vicuna_jax.train.config import TrainConfig
 from vicuna_jax.train.data import (
     check_dataset,
@@ -45,7 +45,7 @@ from vicuna_jax.train.data import (
 from vicuna_jax.train.metrics import MetricsWriter, flops_per_token, peak_flops
 from vicuna_jax.train.setup import TrainSetup, build
 from vicuna_jax.train.step import StepMetrics
-from vicuna_jax.train.workdir import WorkdirLock, ensure_workdir
+from vicuna_jax.train.workdir import WorkdirLock, check_links, ensure_workdir
 
 HF_EXPORT_DIR = "hf"  # workdir/hf: the Hugging Face export written when training finishes
 
@@ -133,6 +133,9 @@ def train(config: ml_collections.ConfigDict | TrainConfig, workdir: str) -> dict
 
 
 def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
+    check_links(workdir)
+    settings.check_and_record(cfg, workdir, write=jax.process_index() == 0)  # before anything is touched
+
     # ------------------------------------------------------------------ Mesh
     mesh = parallel.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     is_main = jax.process_index() == 0
@@ -167,7 +170,6 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
         # record for generate/serve/convert; every checkpoint carries the record too.
         copy_tokenizer(tokenizer_path, workdir, fmt.chat_template)
         fmt.write(workdir)
-        atomic_write_json(os.path.join(workdir, "train_config.json"), cfg.source, indent=2, default=str)
 
     # ------------------------------------------------------------------ Model, Shard, Step
     setup = build(cfg, mesh, total_steps)
@@ -187,7 +189,13 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
         _, state, data_state = resumed
         if base is not None:
             state = state.replace(frozen=setup.lora.place_frozen(base.params))
-        train_iter.set_state(data_state)
+        try:
+            train_iter.set_state(data_state)
+        except ValueError as e:
+            raise UserError(f"checkpoint step {latest} in {checkpoints.directory}: its data position does "
+                            f"not fit this run's data or data settings ({e}); rerun with the settings it was "
+                            "saved with, or start a new run in a new workdir (config.init_from can start it "
+                            "from this checkpoint)") from None
         logging.info("resumed from %s/%d (epoch %d, batch %d)", checkpoints.directory, latest,
                      data_state["epoch"], data_state["batch_in_epoch"])
     elif base is not None:
@@ -195,6 +203,9 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
     elif cfg.init_from_hf:
         state = setup.init_state(load_hf(cfg.init_from_hf)[1])
         logging.info("initialised from %s", cfg.init_from_hf)
+    elif cfg.init_from:
+        state = setup.init_state(init_from_checkpoint(cfg.init_from, setup.abstract_state.params))
+        logging.info("initialised from the weights of %s (step 0, fresh optimizer)", cfg.init_from)
     else:
         state = setup.init_state()
     if base is not None:
@@ -214,7 +225,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
         return summary.as_dict()
 
     # ------------------------------------------------------------------ Loop
-    writer = MetricsWriter(workdir, enabled=is_main, resume_step=start_step)
+    writer = MetricsWriter(workdir, enabled=is_main)
     reporter = _Reporter(setup, writer, summary, is_main, start_step, total_steps)
     has_validation = "validation" in train_iter.dataset.splits
 

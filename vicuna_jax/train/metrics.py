@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any
 
-from vicuna_jax.fileio import atomic_open
+from vicuna_jax.fileio import open_append
 from vicuna_jax.hardware.chips import chip_for_device_kind
 from vicuna_jax.model.config import LlamaConfig
 
@@ -52,19 +52,18 @@ def flops_per_token(cfg: LlamaConfig, seq_len: int) -> float:
 class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
-    On resume, rows past the restored step (written by the interrupted run after its last checkpoint) are
-    dropped, so the file reads as one clean run.
+    metrics.jsonl is only ever appended to (never through a symbolic link). A run resumed from an earlier
+    checkpoint than its last logged step logs those steps again, further down: the last row of a step is
+    the one that counts.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+    def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if not enabled:
             return
-        if os.path.exists(self.path):
-            _truncate_after(self.path, resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._file = open_append(self.path, "metrics log")
         try:
             from tensorboardX import SummaryWriter
 
@@ -96,17 +95,3 @@ def _plain(v: Any) -> Any:
         return float(v)
     except (TypeError, ValueError):
         return v
-
-
-def _truncate_after(path: str, step: int) -> None:
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if int(row.get("step", 0)) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    with atomic_open(path) as f:
-        f.writelines(kept)

@@ -80,6 +80,8 @@ class TrainSetup:
                              out_shardings=shardings.params)()
         else:
             def place(x, want):
+                if isinstance(x, jax.Array) and x.sharding == want.sharding and x.dtype == want.dtype:
+                    return x  # restored in place already (config.init_from)
                 return jax.make_array_from_callback(want.shape, want.sharding,
                                                     lambda idx: np.asarray(x[idx], want.dtype))
 

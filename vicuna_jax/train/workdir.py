@@ -2,18 +2,19 @@
 
 Two trainers in one workdir would interleave checkpoints and metrics. `WorkdirLock` takes an exclusive
 `flock` on `workdir/.lock` for as long as the run lasts (the kernel drops it when the process dies, even on
-kill -9, so a preempted run restarts freely); a second trainer fails at once, naming the holder's PID.
+kill -9, so a preempted run restarts freely); a second trainer fails at once, naming the holder's PID. The
+lock file is opened without following a link (`fileio.hold_lock`): a `.lock` planted as a symbolic link to
+another file is refused, and that file is left as it was.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import socket
+import stat
 from typing import Any
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.fileio import LockHeldError, UnsafePathError, hold_lock, release_lock
 
 LOCK_FILE = ".lock"
 
@@ -45,26 +46,40 @@ class WorkdirLock:
 
     def __enter__(self) -> WorkdirLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = hold_lock(self.path, "workdir lock")
+        except LockHeldError as e:
+            raise WorkdirError(
+                f"--workdir: {os.path.dirname(self.path)} is in use by another training run ({e.holder}); "
+                "wait for it to finish or stop it, or choose another workdir") from None
+        except UnsafePathError as e:
+            raise WorkdirError(f"--workdir: {e}") from None
         except OSError as e:
             raise WorkdirError(f"--workdir: cannot create {self.path} ({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise WorkdirError(
-                    f"--workdir: {os.path.dirname(self.path)} is in use by another training run ({holder}); "
-                    "wait for it to finish or stop it, or choose another workdir") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            release_lock(self._fd)
             self._fd = None
+
+
+# What the trainer writes under these names in the workdir; a directory among them may be a symbolic link
+# of the run's own user (checkpoints on another disk), never one planted by someone else.
+WRITTEN_DIRS = ("checkpoints", "checkpoints-damaged", "data", "hf", "tensorboard", "tokenizer", "adapter",
+                "base")
+
+
+def check_links(workdir: str) -> None:
+    """Refuses a symbolic link among `WRITTEN_DIRS` owned by another user (as the kernel's
+    protected_symlinks does in sticky directories): the trainer would write, replace or delete its
+    target. (Fixed-name files are written by replacing them or with O_NOFOLLOW; see `fileio`.)"""
+    for name in WRITTEN_DIRS:
+        path = os.path.join(workdir, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) and st.st_uid != os.geteuid():
+            raise WorkdirError(f"--workdir: {path} is a symbolic link owned by another user (uid "
+                               f"{st.st_uid}) to {os.readlink(path)}; the trainer would write there: remove "
+                               "it and run again")
