@@ -48,7 +48,14 @@ from vicuna_jax.data.split import add_encoding_flags
 from vicuna_jax.data.store import BUILDER_NAME, META_FILE, write_dataset
 from vicuna_jax.data.tokenizer import Tokenizer
 from vicuna_jax.data.workers import WorkerPool, chunked, encode_chunk, resolve_workers
-from vicuna_jax.fileio import atomic_write_json
+from vicuna_jax.fileio import (
+    LockHeldError,
+    atomic_write_json,
+    hold_lock,
+    release_lock,
+    replace_dir,
+    resolve_output_dir,
+)
 
 # 2: BOMs, list-of-parts content, size/time guards, lone surrogates removed; 3: HF tokenizers, Jinja
 # templates; 4: the chat format record in meta.json (and HF tokenizer fingerprints without the chat template)
@@ -130,6 +137,36 @@ def prepare_dataset(
         "clean": dataclasses.asdict(clean_config),
     }
     key = _key(options)
+    given, output_dir = output_dir, resolve_output_dir(output_dir)
+    try:
+        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+        lock = hold_lock(lock_path(output_dir), "prepare lock")
+    except LockHeldError as e:
+        raise UserError(f"--output_dir: {output_dir} is being prepared by another process ({e.holder}); wait "
+                        "for it to finish, or choose another output directory") from None
+    except OSError as e:
+        raise UserError(f"cannot write to the output directory {output_dir}: {e.strerror or e}") from None
+    try:
+        _prepare_locked(input_path, output_dir, key, options, fmt, validation_fraction, seed, clean_config,
+                        force, verbose, num_workers)
+        return given
+    finally:
+        release_lock(lock)
+
+
+def lock_path(output_dir: str) -> str:
+    """The lock a prepare holds while it checks, builds and publishes `output_dir`: a hidden file beside
+    it (inside it, the lock would be replaced along with the directory)."""
+    output_dir = resolve_output_dir(output_dir)
+    return os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.prepare-lock")
+
+
+def _prepare_locked(input_path: str, output_dir: str, key: str, options: dict, fmt: ChatFormat,
+                    validation_fraction: float, seed: int, clean_config: CleanConfig, force: bool,
+                    verbose: bool, num_workers: int) -> str:
+    """`prepare_dataset` holding the output's lock: reuse, or build in `<output_dir>.tmp-writing` and
+    publish it by rename (meta.json, the completion record, is written last)."""
+    tok = fmt.tokenizer
     meta_path = os.path.join(output_dir, META_FILE)
     if not force and os.path.isfile(meta_path):
         with open(meta_path) as f:
@@ -148,19 +185,30 @@ def prepare_dataset(
                 print(f"prepare: reusing {output_dir} (prepared by an earlier version; chat format "
                       f"{fmt.describe()} recorded)", file=sys.stderr)
             return output_dir
-    check_output_dir(output_dir)
-    _remove_previous(output_dir)
+    _check_only_ours(output_dir)
+    build = output_dir + ".tmp-writing"
+    shutil.rmtree(build, ignore_errors=True)  # left by a prepare that was killed
+    check_output_dir(build)
     t0 = time.time()
     workers = resolve_workers(num_workers, input_path)
 
     meta = {"key": key, "options": options, "input": os.path.abspath(input_path), "tokenizer": tok.model_path,
             "builder": BUILDER_NAME, "num_workers": workers, "chat_format": fmt.record()}
-    encode_options = (tok, max_length, fmt.spec, long_exchange)
-    with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes for every stage
-        cleaner, template_rejects = _clean_and_write(input_path, output_dir, meta, fmt.template,
-                                                     validation_fraction, seed, clean_config, pool)
-    meta["seconds"] = round(time.time() - t0, 2)
-    atomic_write_json(meta_path, meta, indent=1)  # written last: a dataset without meta.json is incomplete
+    encode_options = (tok, options["max_length"], fmt.spec, options["long_exchange"])
+    try:
+        with WorkerPool(workers, clean_config, encode_options) as pool:  # one set of processes: every stage
+            cleaner, template_rejects = _clean_and_write(input_path, build, meta, fmt.template,
+                                                         validation_fraction, seed, clean_config, pool,
+                                                         shown_dir=output_dir)
+        meta["seconds"] = round(time.time() - t0, 2)
+        atomic_write_json(os.path.join(build, META_FILE), meta, indent=1)  # last: the completion record
+    except UserError:
+        replace_dir(build, output_dir)  # no meta.json: the reject lists the error points at, no dataset
+        raise
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)  # the previous dataset, if any, stays as it was
+        raise
+    replace_dir(build, output_dir)
     if verbose:
         print(f"prepare: chat format {fmt.describe()}", file=sys.stderr)
         print(cleaner.report.table(), file=sys.stderr)
@@ -175,9 +223,11 @@ def prepare_dataset(
 
 
 def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str, validation_fraction: float,
-                     seed: int, clean_config: CleanConfig, pool: WorkerPool) -> tuple[Cleaner, Counter]:
+                     seed: int, clean_config: CleanConfig, pool: WorkerPool, shown_dir: str
+                     ) -> tuple[Cleaner, Counter]:
     """Cleans into output_dir/cleaned.jsonl, splits, encodes and writes the tfds splits (the stages run in
-    `pool`); records the counts in `meta`. Returns the cleaner (its report) and the template rejects."""
+    `pool`); records the counts in `meta`. Returns the cleaner (its report) and the template rejects. Errors
+    name the files as they will be published, in `shown_dir`."""
     cleaner = Cleaner(clean_config)
     cleaned_path = os.path.join(output_dir, "cleaned.jsonl")
     rejects_path = os.path.join(output_dir, "rejects.jsonl")
@@ -187,7 +237,7 @@ def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str
             cleaned.append(rec)
             ids.append(rec["id"])
     if not ids:
-        raise cleaner.report.nothing_kept_error(input_path, rejects_path)
+        raise cleaner.report.nothing_kept_error(input_path, os.path.join(shown_dir, "rejects.jsonl"))
     held_out = {i for i in ids if _unit_hash(seed, i) < validation_fraction}
     if validation_fraction > 0 and not held_out and len(ids) > 1:
         held_out = {min(ids, key=lambda i: _unit_hash(seed, i))}
@@ -236,7 +286,7 @@ def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str
         counts = ", ".join(f"{r} {n}" for r, n in template_rejects.most_common())
         raise UserError(f"{input_path}: the chat template {template!r} could not be aligned on any "
                         f"{empty[0]} conversation ({counts}); see the reasons in "
-                        f"{os.path.join(output_dir, TEMPLATE_REJECTS)} and run `python -m "
+                        f"{os.path.join(shown_dir, TEMPLATE_REJECTS)} and run `python -m "
                         "vicuna_jax.data.check_template` on the tokenizer") from None
     meta["splits"] = {s: dict(split_counts[s]) for s in wanted}
     meta["template_rejects"] = dict(template_rejects)
@@ -245,20 +295,23 @@ def _clean_and_write(input_path: str, output_dir: str, meta: dict, template: str
     return cleaner, template_rejects
 
 
-def _remove_previous(output_dir: str) -> None:
-    """Delete only what an earlier prepare wrote here."""
-    for name in (
-        META_FILE,
-        "cleaned.jsonl",
-        "rejects.jsonl",
-        TEMPLATE_REJECTS,
-        f"lengths_{TRAIN}.npy",
-        f"lengths_{VALIDATION}.npy",
-    ):
-        path = os.path.join(output_dir, name)
-        if os.path.isfile(path):
-            os.remove(path)
-    shutil.rmtree(os.path.join(output_dir, BUILDER_NAME), ignore_errors=True)
+# What a prepare writes in its output directory (tfds adds `downloads/`).
+_OURS = (META_FILE, "cleaned.jsonl", "rejects.jsonl", TEMPLATE_REJECTS, f"lengths_{TRAIN}.npy",
+         f"lengths_{VALIDATION}.npy", BUILDER_NAME, "downloads")
+
+
+def _check_only_ours(output_dir: str) -> None:
+    """The output directory is replaced whole when the new dataset is published: refuse one that holds
+    anything else (a mistyped --output_dir=. must not take a project with it)."""
+    if not os.path.isdir(output_dir):
+        if os.path.lexists(output_dir):
+            raise UserError(f"--output_dir: {output_dir} exists and is not a directory")
+        return
+    other = sorted(set(os.listdir(output_dir)) - set(_OURS))
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise UserError(f"--output_dir: {output_dir} holds files prepare did not write ({shown}); a prepared "
+                        "dataset replaces its directory whole: choose a new or empty directory")
 
 
 def main(argv: list[str] | None = None) -> int:
