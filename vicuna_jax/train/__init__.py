@@ -7,7 +7,9 @@
                       cross-entropy over the global batch; LoRA uses it too, so it lives below both)
     optimizer.py      AdamW + warmup/cosine schedule + clipping
     data.py           tokenizer choice, data preparation into the workdir, loaders
-    checkpointing.py  orbax checkpoints of the run (exact resume)
+    checkpointing.py  orbax checkpoints of the run (exact resume; sealed, damaged ones moved aside)
+    settings.py       the settings a workdir's run started with (train_config.json), compared on start
+    workdir.py        the workdir: created, checked, locked; no writes through planted links
     metrics.py        metrics.jsonl / TensorBoard, FLOPs per token, MFU
     loop.py           `train()`: the run, its loop and periodic actions
     planner.py        `python -m vicuna_jax.train.planner`: per-device memory of a config before renting
