@@ -18,6 +18,8 @@ from vicuna_jax.data.prepare import prepare_dataset
 from vicuna_jax.data.store import META_FILE, PreparedDataset
 from vicuna_jax.fileio import hold_lock, release_lock
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _raw(tmp_path, n: int = 30) -> str:
     raw = tmp_path / "raw.jsonl"
@@ -26,6 +28,10 @@ def _raw(tmp_path, n: int = 30) -> str:
             for k in range(n)]
     raw.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return str(raw)
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=REPO)
 
 
 def _cli(raw: str, out: str, *extra: str) -> list[str]:
@@ -38,7 +44,7 @@ def test_a_second_prepare_while_one_runs_is_refused(tmp_path):
     fd = hold_lock(prepare.lock_path(out))  # a prepare in progress
     try:
         proc = subprocess.run(_cli(raw, out), capture_output=True, text=True, timeout=300, check=False,
-                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+                              env=_env())
     finally:
         release_lock(fd)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -50,7 +56,7 @@ def test_a_second_prepare_while_one_runs_is_refused(tmp_path):
 
 def test_two_prepares_at_once_leave_one_whole_dataset(tmp_path):
     raw, out = _raw(tmp_path), str(tmp_path / "ds")
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = _env()
     procs = [subprocess.Popen(_cli(raw, out, *extra), stderr=subprocess.PIPE, text=True, env=env)
              for extra in ((), ("--max_length=48",))]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
