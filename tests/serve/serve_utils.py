@@ -44,11 +44,12 @@ class Served:
 
 
 def raw_request(served: Served, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None, key: str | None = SERVE_KEY) -> tuple[int, Any]:
+                headers: dict[str, str] | None = None, key: str | None = SERVE_KEY,
+                content_type: str | None = "application/json") -> tuple[int, Any]:
     """One HTTP request with exact bytes (the openai client cannot send malformed bodies); JSON reply."""
     conn = http.client.HTTPConnection(served.host, served.port, timeout=60)
     try:
-        h = {"Content-Type": "application/json", **(headers or {})}
+        h = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
         if key is not None:
             h["Authorization"] = f"Bearer {key}"
         try:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import openai
 import pytest
@@ -75,7 +77,10 @@ def test_cli_user_mistakes_end_with_one_error_line(tiny_checkpoint, tmp_path):
         (f"--model={missing}",): f"error: --model: no such directory: {missing}",
         (f"--model={tiny_checkpoint}", f"--port={port}"): f"error: cannot listen on 127.0.0.1:{port}: ",
         (f"--model={tiny_checkpoint}", "--header_timeout=0"):
-            "error: --header_timeout, --body_timeout and --keep_alive_timeout must be > 0 (seconds)",
+            "error: --header_timeout, --body_timeout, --body_deadline and --keep_alive_timeout must be > 0 "
+            "(seconds)",
+        (f"--model={tiny_checkpoint}", "--max_connections=20", "--reserved_connections=20"):
+            "error: --reserved_connections must be in [0, --max_connections), got 20",
         (f"--model={tiny_checkpoint}", "--max_body_bytes=-1"):
             "error: --max_body_bytes, --max_connections and --max_header_bytes must be >= 1",
     }
@@ -88,3 +93,50 @@ def test_cli_user_mistakes_end_with_one_error_line(tiny_checkpoint, tmp_path):
             assert "Traceback" not in proc.stderr
     finally:
         taken.close()
+
+
+LOOPING_TEMPLATE = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+                    "{{ messages[0].content }}</s>")
+
+
+def test_cli_runaway_template_never_leaves_clients_hanging(tiny_checkpoint, tmp_path):
+    """A model directory whose chat template loops for hours: while start-up checks it, the port refuses
+    connections (it is bound, so a taken port still fails early, but not listened on: on main clients
+    connected and /health never answered); the check then ends in one error line naming the template."""
+    model = tmp_path / "looping"
+    shutil.copytree(tiny_checkpoint, model)
+    (model / "chat_template.jinja").write_text(LOOPING_TEMPLATE)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen([sys.executable, "-m", "vicuna_jax.serve", f"--model={model}", f"--port={port}"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        deadline, refused = time.monotonic() + 30, 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                    sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    sock.settimeout(5)
+                    try:
+                        answer = sock.recv(100)
+                    except TimeoutError:
+                        answer = b""
+                    assert answer.startswith(b"HTTP/1.1 "), "connected, but /health did not answer"
+            except ConnectionRefusedError:
+                refused += 1
+            time.sleep(0.2)
+        assert refused > 0
+        if proc.poll() is None:
+            # The budget that ends the render is the chat template module's (vicuna_jax.data.chat_template);
+            # without one the check runs on, and only the server's half can be checked here.
+            pytest.xfail("the chat template render has no time budget yet: start-up is still rendering")
+        stderr = proc.stderr.read()
+        lines = stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr
+        assert "chat_template" in lines[-1], lines[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,11 +4,13 @@ frees its cache row."""
 from __future__ import annotations
 
 import json
+import random
 import socket
+import string
 import threading
 import time
 
-from serve_utils import MAX_BATCH, MODEL_NAME, SERVE_KEY
+from serve_utils import MAX_BATCH, MODEL_NAME, SERVE_KEY, raw_request
 
 PROMPTS = [f"Question {i}: what is {'very ' * (i % 5)}interesting about the number {i * 37}?"
            for i in range(16)]
@@ -114,3 +116,90 @@ def test_disconnect_while_waiting_for_a_full_reply(served):
     after = served.health()
     assert after["cancelled"] - before.get("cancelled", 0) == 1
     assert after["tokens"] - before["tokens"] < 400
+
+
+def _wait_rows_busy(served, socks: list[socket.socket]) -> None:
+    assert _wait_for(lambda: served.health()["active"] == MAX_BATCH), "the rows did not fill"
+    for sock in socks:  # each stream has started: its row is decoding
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def _busy_rows(served) -> list[socket.socket]:
+    """Every cache row decoding a long reply, so nothing leaves the queue by being admitted."""
+    return [_open_stream(served, {"model": MODEL_NAME, "prompt": [1], "max_tokens": 511, "temperature": 0,
+                                  "stream": True, "ignore_eos": True}) for _ in range(MAX_BATCH)]
+
+
+def test_refused_and_abandoned_requests_leave_the_queue_at_once(served):
+    """A request asking for more sequences than the queue can ever hold is refused before any is queued
+    (on main it queued 256, got 503 and left them there, so the next requests got 503 too); a queued
+    request whose client hangs up leaves the queue at once, not when a row frees."""
+    served.wait_idle()
+    busy = _busy_rows(served)
+    try:
+        _wait_rows_busy(served, busy)
+        oversized = {"model": MODEL_NAME, "prompt": ["Hi"] * 64, "n": MAX_BATCH, "max_tokens": 1}
+        status, got = raw_request(served, "POST", "/v1/completions", json.dumps(oversized).encode())
+        assert status == 400 and got["error"]["code"] == "too_many_sequences", got
+        assert str(served.engine.max_waiting) in got["error"]["message"]
+        h = served.health()
+        assert h["waiting"] == 0 and h["active"] == MAX_BATCH, h
+        queued = _open_stream(served, {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 1, "stream": True})
+        assert _wait_for(lambda: served.health()["waiting"] == 1, 5), "the next request was not queued"
+        queued.close()
+        assert _wait_for(lambda: served.health()["waiting"] == 0, 2), "a hung-up request stayed queued"
+        assert served.health()["active"] == MAX_BATCH, "the rows freed up: the test proved nothing"
+    finally:
+        for sock in busy:
+            sock.close()
+    served.wait_idle()
+
+
+def test_health_answers_while_big_prompts_are_tokenized(served):
+    """Two clients loop prompts of several MB (each takes the tokenizer a large part of a second here,
+    measured below): tokenizing runs off the event loop, so /health and a short request are answered in a
+    fraction of one tokenization (on main each waited for the tokenizations in progress)."""
+    served.wait_idle()
+    rng = random.Random(0)
+    letters = string.ascii_lowercase
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 9))) for _ in range(3000)]
+    prompt = " ".join(rng.choice(words) for _ in range(1_200_000))[: 6 << 20]
+    start = time.perf_counter()
+    served.tokenizer.encode(prompt, bos=True)
+    tokenize = time.perf_counter() - start
+    body = json.dumps({"model": MODEL_NAME, "prompt": prompt, "max_tokens": 1}).encode()
+    small = json.dumps({"model": MODEL_NAME, "prompt": "hi", "max_tokens": 1}).encode()
+    stop, statuses = threading.Event(), []
+
+    def flood() -> None:
+        while not stop.is_set():
+            statuses.append(raw_request(served, "POST", "/v1/completions", body)[0])
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    health, replies = [], []
+    try:
+        time.sleep(min(tokenize / 2, 0.5))  # the first big bodies are in
+        end = time.monotonic() + max(2 * tokenize, 1.5)
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            served.health()
+            health.append(time.perf_counter() - t0)
+            if len(health) % 10 == 1:
+                t0 = time.perf_counter()
+                assert raw_request(served, "POST", "/v1/completions", small)[0] == 200
+                replies.append(time.perf_counter() - t0)
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert statuses and set(statuses) == {400}, statuses  # tokenized, then over the context
+    health.sort()
+    bound = max(0.3, tokenize / 2)
+    summary = (f"tokenize {tokenize:.2f} s, {len(statuses)} big requests, /health p50 "
+               f"{health[len(health) // 2] * 1e3:.0f} ms max {health[-1] * 1e3:.0f} ms, "
+               f"'hi' max {max(replies) * 1e3:.0f} ms")
+    print(summary)
+    assert health[-1] < bound and max(replies) < bound, summary

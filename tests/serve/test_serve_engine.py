@@ -132,3 +132,25 @@ def test_a_failing_step_fails_its_sequences_and_the_engine_recovers(engine, refe
     assert ok.done.wait(30)
     assert ok.text == _greedy(reference, ids, 8).text
     assert engine.stats()["errors"] == 1
+
+
+def test_queue_takes_all_of_a_request_or_none_and_cancel_frees_it_at_once(engine):
+    """On an engine that is not running (nothing leaves its queue by being admitted): a request that does
+    not fit queues none of its sequences, and a cancelled waiting sequence leaves the queue at once with a
+    "cancelled" event, so its place serves the next request."""
+    from flax import nnx
+
+    from vicuna_jax.serve.engine import Engine, EngineFull
+
+    model = nnx.merge(engine.batch.graphdef, engine.batch.state)
+    idle = Engine(model, engine.tokenizer, max_batch=1, max_waiting=3)
+    req = SeqRequest((1, 5, 7), max_new_tokens=2)
+    first = [Collector(f"first{i}") for i in range(2)]
+    handles = idle.submit_many([req, req], first)
+    with pytest.raises(EngineFull):
+        idle.submit_many([req, req], [Collector("x"), Collector("y")])
+    assert idle.stats()["waiting"] == 2  # not 3: none of the refused request's sequences stayed
+    handles[0].cancel()
+    assert idle.stats()["waiting"] == 1 and first[0].final.finish_reason == "cancelled"
+    idle.submit_many([req, req], [Collector("x"), Collector("y")])  # the freed place is usable at once
+    assert idle.stats()["waiting"] == 3

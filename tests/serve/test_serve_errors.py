@@ -93,6 +93,20 @@ CASES = {
     "nested max_tokens": (CHAT, chat(max_tokens=None).replace(b'"max_tokens": null', b'"max_tokens": ' +
                                                                b"[" * 900 + b"]" * 900), 400, "max_tokens",
                           "invalid_type"),
+    # A lone surrogate (a JSON escape UTF-8 cannot encode) is bad input naming its field, not a 500.
+    "lone surrogate in a message": (CHAT, chat(messages=[{"role": "user", "content": "\ud800 hi"}]), 400,
+                                    "messages[0].content", "invalid_encoding"),
+    "lone surrogate in a system message": (CHAT, chat(messages=[{"role": "system", "content": "be \udfff"},
+                                                                *USER]), 400, "messages[0].content",
+                                           "invalid_encoding"),
+    "lone surrogate in a content part": (CHAT, chat(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "\ud83d"}]}]), 400, "messages[0].content[0].text", "invalid_encoding"),
+    "lone surrogate in a prompt": (COMPLETIONS, completion(prompt="\ud800 hi"), 400, "prompt",
+                                   "invalid_encoding"),
+    "lone surrogate in a prompt list": (COMPLETIONS, completion(prompt=["ok", "x\udc00"]), 400, "prompt[1]",
+                                        "invalid_encoding"),
+    "lone surrogate in the model": (CHAT, chat(model="\ud800"), 400, "model", "invalid_encoding"),
+    "lone surrogate in a stop": (CHAT, chat(stop=["\udbff"]), 400, "stop[0]", "invalid_encoding"),
 }
 
 
@@ -105,6 +119,30 @@ def test_bad_request_gets_openai_error(served, case):
     assert got["error"]["type"] == "invalid_request_error"
     assert (got["error"]["param"], got["error"]["code"]) == (param, code)
     assert isinstance(got["error"]["message"], str) and got["error"]["message"]
+
+
+def test_lone_surrogate_escape_is_what_the_cases_send():
+    assert b'"\\ud800 hi"' in CASES["lone surrogate in a message"][1]  # the escape itself, not UTF-8 bytes
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", None,
+                                          "application/x-www-form-urlencoded", "multipart/form-data; b=x",
+                                          "application/jsonp"])
+def test_body_must_be_declared_json(served, content_type):
+    """What a web page may POST cross-origin without a CORS preflight (text/plain, a form, no type) is
+    refused with 415 before the body is parsed; only application/json is read."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    status, got = raw_request(served, "POST", COMPLETIONS, completion(prompt="Hi"), headers=headers,
+                              content_type=None)
+    assert status == 415, got
+    assert (got["error"]["code"], got["error"]["param"]) == ("unsupported_media_type", None)
+    assert "application/json" in got["error"]["message"]
+
+
+def test_json_content_type_with_charset_is_served(served):
+    status, got = raw_request(served, "POST", COMPLETIONS, completion(prompt="Hi", max_tokens=1),
+                              headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert status == 200, got
 
 
 def test_wrong_method(served):

@@ -1,6 +1,8 @@
 """What one client can hold of the server: a body over the size limit is refused while it arrives (not after
-it was buffered), half-sent headers or bodies and idle keep-alive connections are closed on time, a request
-beyond the connection cap gets 503, and a client that hangs up mid-body leaves no traceback in the log.
+it was buffered), half-sent headers or bodies and idle keep-alive connections are closed on time, so are
+bodies trickled slower than the minimum rate or past the whole-body deadline, a request beyond the connection
+cap, the per-address cap or into the reserve gets 503 (so trickling attackers cannot starve other clients),
+cross-origin preflights follow the allow-list, and a client that hangs up mid-body leaves no traceback.
 
 Each test runs its own small server (the shared engine, its own limits) and talks raw sockets, with bounded
 loops and socket timeouts, so a server that never answers fails the test instead of hanging it.
@@ -30,9 +32,11 @@ AUTH = f"Authorization: Bearer {SERVE_KEY}\r\n"
 
 @contextlib.contextmanager
 def limited_server(served, *, max_body_bytes: int = BODY_LIMIT, body_timeout: float = 30.0,
-                   **limits) -> Iterator[ServerThread]:
+                   body_deadline: float = 120.0, min_body_rate: float = 1024.0,
+                   cors_origins: tuple[str, ...] = (), **limits) -> Iterator[ServerThread]:
     config = ServeConfig(MODEL_NAME, api_key=SERVE_KEY, max_body_bytes=max_body_bytes,
-                         body_timeout=body_timeout)
+                         body_timeout=body_timeout, body_deadline=body_deadline, min_body_rate=min_body_rate,
+                         cors_origins=cors_origins)
     thread = ServerThread(build_app(served.engine, chat_format.resolve(served.tokenizer), config),
                           limits=ConnectionLimits(**limits)).start()
     try:
@@ -41,8 +45,10 @@ def limited_server(served, *, max_body_bytes: int = BODY_LIMIT, body_timeout: fl
         thread.stop()
 
 
-def connect(thread: ServerThread, timeout: float = 10.0) -> socket.socket:
-    return socket.create_connection((thread.host, thread.port), timeout=timeout)
+def connect(thread: ServerThread, timeout: float = 10.0, source: str | None = None) -> socket.socket:
+    """A connection to `thread`, from the loopback address `source` (127.0.0.x) when given."""
+    return socket.create_connection((thread.host, thread.port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -115,7 +121,8 @@ def test_body_under_the_limit_is_served(served):
     body = fields[:-1] + b" " * (BODY_LIMIT - len(fields)) + b"}"  # exactly at the limit
     assert len(body) == BODY_LIMIT
     with limited_server(served) as thread, connect(thread) as sock:
-        head = f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Length: {len(body)}\r\n\r\n"
+        head = (f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
         sock.sendall(head.encode() + body)
         status, _, reply = read_response(sock)
         assert status == 200, reply
@@ -149,13 +156,128 @@ def test_half_sent_headers_are_closed_on_time(served):
 
 def test_half_sent_body_gets_408_and_is_closed(served):
     with limited_server(served, body_timeout=0.5) as thread, connect(thread) as sock:
-        sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Length: 100\r\n\r\n"
-                      '{"model": ').encode())
+        sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Type: application/json\r\n"
+                      'Content-Length: 100\r\n\r\n{"model": ').encode())
         start = time.monotonic()
         status, headers, body = read_response(sock)
         assert status == 408 and headers.get("connection") == "close" and time.monotonic() - start < 4
         assert_openai_error(body, "request_timeout")
         closed_after(sock, 5)
+
+
+def start_body(sock: socket.socket, length: int = 60_000) -> None:
+    """Full headers of a completions request, then the first bytes of its body."""
+    sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Type: application/json\r\n"
+                  f"Content-Length: {length}\r\n\r\n" '{"model": ').encode())
+
+
+def trickle_until_answered(socks: dict[str, socket.socket], every: float, limit: float,
+                           chunk: bytes = b" ") -> dict[str, float]:
+    """Sends `chunk` of body per `every` seconds on each socket until the server answers (or closes) it;
+    returns the seconds each took. Fails past `limit`: the server let the body trickle on."""
+    start, answered = time.monotonic(), {}
+    while len(answered) < len(socks):
+        if time.monotonic() - start > limit:
+            pytest.fail(f"still trickling after {limit} s: {sorted(set(socks) - set(answered))}")
+        for name, sock in socks.items():
+            if name in answered:
+                continue
+            if select.select([sock], [], [], 0)[0]:
+                answered[name] = time.monotonic() - start
+                continue
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                answered[name] = time.monotonic() - start
+        time.sleep(every)
+    return answered
+
+
+def test_trickled_bodies_are_cut_by_rate_and_deadline(served):
+    """Body slowloris: each read comes well within `body_timeout`, so only the rate and the whole-body
+    deadline can end it. 10 bytes/s against a 100 bytes/s minimum is cut once `body_timeout` has passed;
+    a client that keeps the rate with a body too long for the deadline is cut at the deadline."""
+    with limited_server(served, body_timeout=0.6, min_body_rate=100, body_deadline=2.0) as thread:
+        slow, steady = connect(thread), connect(thread)
+        with slow, steady:
+            start_body(slow)
+            start_body(steady)
+            start = time.monotonic()
+            while not select.select([slow], [], [], 0.1)[0] and time.monotonic() - start < 8:
+                slow.sendall(b" ")  # 10 bytes/s
+                steady.sendall(b" " * 40)  # 400 bytes/s
+            took = time.monotonic() - start
+            status, headers, body = read_response(slow)
+            assert status == 408 and headers.get("connection") == "close" and 0.5 < took < 2, took
+            assert "100 bytes/s" in assert_openai_error(body, "request_timeout")["message"]
+            closed_after(slow, 5)
+            answered = trickle_until_answered({"steady": steady}, 0.1, 6, b" " * 40)["steady"]
+            assert 0.5 < took + answered < 4.5, (took, answered)
+            status, headers, body = read_response(steady)
+            assert status == 408 and headers.get("connection") == "close"
+            assert "2 s" in assert_openai_error(body, "request_timeout")["message"]
+        assert _wait_for(lambda: not thread.server.server_state.connections)
+
+
+def test_trickling_attackers_do_not_starve_other_clients(served):
+    """22 connections from one address trickle bodies against `max_connections=20`: the per-address cap
+    (a quarter of the connections) refuses all but 5 of them, and a client from another address is served
+    while they are connected; the held ones are then closed by the body deadline."""
+    with limited_server(served, max_connections=20, body_timeout=5, body_deadline=2.5) as thread:
+        attackers = []
+        try:
+            for _ in range(22):  # one after another, each holding its slot with a body in progress
+                attackers.append(connect(thread, source="127.0.0.1"))
+                start_body(attackers[-1])
+            refused = _refused(attackers, expected=17)
+            assert len(refused) == 17
+            assert all(read_response(s)[0] == 503 for s in refused)
+            held = {str(i): s for i, s in enumerate(attackers) if s not in refused}
+            assert _legit_request(thread, "127.0.0.2") == 200
+            took = trickle_until_answered(held, 0.2, 8)
+            assert max(took.values()) < 5, took
+        finally:
+            for sock in attackers:
+                sock.close()
+
+
+def test_reserve_keeps_slots_for_new_addresses(served):
+    """22 trickling connections from 11 addresses (2 each, under the per-address cap): the reserve (an
+    eighth of the connections) keeps the last slots for addresses holding no connection, so one more
+    client is served while they are all connected."""
+    with limited_server(served, max_connections=20, body_timeout=5, body_deadline=3) as thread:
+        attackers = []
+        try:
+            for i in range(22):  # the first of each address, then the seconds
+                attackers.append(connect(thread, source=f"127.0.0.{10 + i % 11}"))
+                start_body(attackers[-1])
+                time.sleep(0.01)
+            refused = _refused(attackers, expected=4)
+            assert len(refused) == 4 and all(read_response(s)[0] == 503 for s in refused)
+            assert _legit_request(thread, "127.0.0.2") == 200
+        finally:
+            for sock in attackers:
+                sock.close()
+
+
+def _refused(socks: list[socket.socket], expected: int, timeout: float = 2.0) -> list[socket.socket]:
+    """The sockets the server answered (a 503 at once), waiting until `expected` did or `timeout`."""
+    deadline, ready = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        ready = select.select(socks, [], [], 0.1)[0]
+        if len(ready) >= expected:
+            time.sleep(0.2)  # and no more
+            return select.select(socks, [], [], 0)[0]
+    return ready
+
+
+def _legit_request(thread: ServerThread, source: str) -> int:
+    body = json.dumps({"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 1}).encode()
+    with connect(thread, source=source) as sock:
+        sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: t\r\n{AUTH}Content-Type: application/json\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        status, _, reply = read_response(sock)
+        return status
 
 
 def test_idle_keep_alive_connection_is_closed(served):
@@ -166,7 +288,7 @@ def test_idle_keep_alive_connection_is_closed(served):
 
 
 def test_connection_cap_answers_503(served):
-    with limited_server(served, max_connections=2) as thread:
+    with limited_server(served, max_connections=2, max_per_client=2, reserve=0) as thread:
         held = [connect(thread), connect(thread)]
         try:
             for sock in held:  # two open keep-alive connections: the cap is reached
@@ -203,6 +325,41 @@ def test_headers_over_the_limit_get_431(served):
             assert read_response(sock)[0] == 200
 
 
+# ------------------------------------------------------------ cross-origin requests
+
+
+def _preflight(thread: ServerThread, origin: str) -> tuple[int, dict[str, str], bytes]:
+    with connect(thread) as sock:
+        sock.sendall((f"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\n"
+                      "Access-Control-Request-Method: POST\r\n"
+                      "Access-Control-Request-Headers: authorization, content-type\r\n"
+                      "Connection: close\r\n\r\n").encode())
+        return read_response(sock)
+
+
+def test_cors_preflight_follows_the_allow_list(served):
+    """No origin is allowed by default: a preflight gets 403 with no Access-Control-Allow-Origin, so a web
+    page cannot send JSON to the server. An origin on the allow-list gets the preflight headers, and its
+    requests carry Access-Control-Allow-Origin; another origin still gets none."""
+    with limited_server(served) as thread:
+        status, headers, body = _preflight(thread, "https://evil.example")
+        assert status == 403 and "access-control-allow-origin" not in headers
+        assert_openai_error(body, "cors_origin_not_allowed")
+    with limited_server(served, cors_origins=("https://ui.example",)) as thread:
+        status, headers, _ = _preflight(thread, "https://ui.example")
+        assert status == 204 and headers["access-control-allow-origin"] == "https://ui.example"
+        assert "POST" in headers["access-control-allow-methods"]
+        assert "authorization" in headers["access-control-allow-headers"].lower()
+        assert "Origin" in headers.get("vary", "")
+        assert _preflight(thread, "https://evil.example")[0] == 403
+        for origin, allowed in (("https://ui.example", True), ("https://evil.example", False)):
+            with connect(thread) as sock:
+                sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: t\r\n{AUTH}Origin: {origin}\r\n\r\n".encode())
+                status, headers, _ = read_response(sock)
+                assert status == 200
+                assert headers.get("access-control-allow-origin") == (origin if allowed else None)
+
+
 # ------------------------------------------------------------ hang-ups
 
 
@@ -225,7 +382,8 @@ def test_client_hanging_up_mid_body_logs_nothing(served):
             for _ in range(3):
                 with connect(thread) as sock:
                     sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n{AUTH}"
-                                  "Content-Length: 1000\r\n\r\n{\"model\": ").encode())
+                                  "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                                  "{\"model\": ").encode())
                     time.sleep(0.1)  # the handler is reading the body now
             state = thread.server.server_state
             assert _wait_for(lambda: not state.connections and not state.tasks)

@@ -4,7 +4,8 @@
 
 `engine` schedules sequences over the KV-cache rows of the decoding core (`vicuna_jax.decoding`);
 `protocol` is the OpenAI wire format; `api` the Starlette app; `limits` bounds what one client can hold
-(body size, timeouts, connections); `server` runs it under uvicorn; `__main__` is the CLI. The page lives in
+(body size, pace and deadline, header deadline, connection slots per address); `cors` the cross-origin
+allow-list; `server` runs it under uvicorn; `__main__` is the CLI. The page lives in
 `vicuna_jax/serve_static/`.
 """
 

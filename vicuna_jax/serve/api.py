@@ -1,19 +1,22 @@
 """The OpenAI-compatible HTTP API and the chat page, as a Starlette (ASGI) app over one Engine.
 
-Each choice of each prompt is one engine sequence; its events reach the request's asyncio queue through
-`call_soon_threadsafe`. Streaming replies are server-sent events in OpenAI's chunk format. A client that
-goes away (mid-stream, or while waiting for a non-streamed reply) cancels its sequences, which frees their
-cache rows on the engine's next iteration.
+Each choice of each prompt is one engine sequence; a request's sequences are queued all together or not at
+all, and their events reach the request's asyncio queue through `call_soon_threadsafe`. Streaming replies
+are server-sent events in OpenAI's chunk format. A client that goes away (mid-stream, or while waiting for a
+non-streamed reply) cancels its sequences, which leave the queue at once or free their cache rows on the
+engine's next iteration. A body over `INLINE_BYTES` is parsed, rendered and tokenized on a worker thread, so
+the event loop (and /health, and short requests) never waits for a big prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hmac
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from absl import logging
@@ -26,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.serve.cors import CorsMiddleware
 from vicuna_jax.serve.engine import Engine, EngineFull, SeqEvent, SeqHandle, SeqRequest
 from vicuna_jax.serve.limits import RequestLimits
 from vicuna_jax.serve.protocol import (
@@ -41,6 +45,7 @@ from vicuna_jax.serve.protocol import (
     parse_messages,
     parse_prompts,
     parse_sampling,
+    require_json,
     sse,
     text_choice,
     usage,
@@ -48,6 +53,10 @@ from vicuna_jax.serve.protocol import (
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "serve_static")
 MAX_PROMPTS = 64  # prompts in one /v1/completions request
+INLINE_BYTES = 64 << 10  # bodies up to this are prepared on the event loop (cheap); bigger on a worker
+PREPARE_THREADS = 2  # workers for big bodies; more wait their turn (tokenizing is CPU-bound)
+# What a request's body becomes: kind, token ids of each prompt, sampling, stop strings, the prompt's param.
+_Prepared = tuple[str, list[list[int]], Sampling, tuple[str, ...], str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +65,9 @@ class ServeConfig:
     api_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES  # larger bodies get 413 as soon as they pass it
     body_timeout: float = 30.0  # a body that stalls this long (seconds) gets 408
+    body_deadline: float = 120.0  # a body not complete this long (seconds) after the headers gets 408
+    min_body_rate: float = 1024.0  # bytes/s a body must average once body_timeout has passed (0: any)
+    cors_origins: tuple[str, ...] = ()  # web origins allowed cross-origin requests ("*": any); none
 
 
 class ApiKeyMiddleware:
@@ -85,6 +97,7 @@ class Api:
         self.engine, self.chat_format, self.config = engine, fmt, config
         self.tokenizer = fmt.tokenizer
         self.created = int(time.time())
+        self.workers = concurrent.futures.ThreadPoolExecutor(PREPARE_THREADS, "vicuna-prepare")
 
     # ------------------------------------------------------------ simple routes
 
@@ -108,7 +121,22 @@ class Api:
     # ------------------------------------------------------------ completions
 
     async def chat_completions(self, request: Request) -> Response:
-        body = parse_json_body(await request.body())
+        return await self._serve(request, self._prepare_chat)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, self._prepare_text)
+
+    async def _serve(self, request: Request, prepare: Callable[[bytes], _Prepared]) -> Response:
+        require_json(request.headers.get("content-type"))
+        raw = await request.body()
+        if len(raw) <= INLINE_BYTES:
+            prepared = prepare(raw)
+        else:  # parsing, rendering and tokenizing megabytes must not stall the event loop
+            prepared = await asyncio.get_running_loop().run_in_executor(self.workers, prepare, raw)
+        return await self._generate(request, *prepared)
+
+    def _prepare_chat(self, raw: bytes) -> _Prepared:
+        body = parse_json_body(raw)
         self._check_model(body.get("model"))
         sampling = parse_sampling(body, max_n=self.engine.max_batch)
         messages = parse_messages(body)
@@ -117,10 +145,10 @@ class Api:
         except ValueError as e:
             raise bad(str(e), "messages") from None
         stops = self.chat_format.stop_strings + sampling.stop
-        return await self._generate(request, "chat", [ids], sampling, stops, "messages")
+        return "chat", [ids], sampling, stops, "messages"
 
-    async def completions(self, request: Request) -> Response:
-        body = parse_json_body(await request.body())
+    def _prepare_text(self, raw: bytes) -> _Prepared:
+        body = parse_json_body(raw)
         self._check_model(body.get("model"))
         sampling = parse_sampling(body, max_n=self.engine.max_batch)
         prompts = parse_prompts(body)
@@ -133,7 +161,7 @@ class Api:
             if any(not 0 <= t < vocab for t in ids):
                 raise bad(f"token ids must be in [0, {vocab})", "prompt")
             ids_list.append(ids)
-        return await self._generate(request, "text", ids_list, sampling, sampling.stop, "prompt")
+        return "text", ids_list, sampling, sampling.stop, "prompt"
 
     def _check_model(self, model: Any, param: str | None = "model") -> None:
         if not isinstance(model, str) or not model:
@@ -150,25 +178,27 @@ class Api:
                 raise bad(f"This model's maximum context length is {ctx} tokens; the prompt has {len(ids)} "
                           "tokens and at least one token must be left to generate.", param,
                           "context_length_exceeded")
+        count = len(prompts) * s.n
+        if count > self.engine.max_waiting:  # could never be queued: retrying would not help
+            raise bad(f"this request asks for {count} sequences (prompts x n); the server queues at most "
+                      f"{self.engine.max_waiting}", "n" if s.n > 1 else param, "too_many_sequences")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, SeqEvent]] = asyncio.Queue()
-        handles: list[SeqHandle] = []
+        requests, callbacks = [], []
+        for p, ids in enumerate(prompts):
+            for j in range(s.n):
+                index = p * s.n + j
+                seed = None if s.seed is None else (s.seed + j) & 0x7FFFFFFF
+                # A max_tokens over what the context leaves is clamped, not refused (vLLM refuses it), so
+                # clients with a fixed budget, like the judge's 2048, work with small models; such a reply
+                # ends with finish_reason "length".
+                room = ctx - len(ids)
+                requests.append(SeqRequest(tuple(ids), min(s.max_tokens or room, room), s.temperature,
+                                           s.top_p, s.top_k, seed, stops, s.ignore_eos))
+                callbacks.append(lambda ev, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, ev)))
         try:
-            for p, ids in enumerate(prompts):
-                for j in range(s.n):
-                    index = p * s.n + j
-                    seed = None if s.seed is None else (s.seed + j) & 0x7FFFFFFF
-                    # A max_tokens over what the context leaves is clamped, not refused (vLLM refuses it),
-                    # so clients with a fixed budget, like the judge's 2048, work with small models; such
-                    # a reply ends with finish_reason "length".
-                    room = ctx - len(ids)
-                    req = SeqRequest(tuple(ids), min(s.max_tokens or room, room), s.temperature, s.top_p,
-                                     s.top_k, seed, stops, s.ignore_eos)
-                    handles.append(self.engine.submit(
-                        req, lambda ev, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, ev))))
+            handles = self.engine.submit_many(requests, callbacks)  # all queued, or none
         except EngineFull as e:
-            for h in handles:
-                h.cancel()
             raise APIError(503, f"server overloaded: {e}; retry later", type="server_error",
                            code="overloaded", headers={"Retry-After": "1"}) from None
         rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
@@ -285,4 +315,6 @@ def build_app(engine: Engine, fmt: ChatFormat, config: ServeConfig) -> ASGIApp:
     handlers = {APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_gone,
                 Exception: _server_error}
     app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
-    return RequestLimits(ApiKeyMiddleware(app, config.api_key), config.max_body_bytes, config.body_timeout)
+    guarded = CorsMiddleware(ApiKeyMiddleware(app, config.api_key), config.cors_origins)
+    return RequestLimits(guarded, config.max_body_bytes, config.body_timeout, config.body_deadline,
+                         config.min_body_rate)

@@ -76,8 +76,11 @@ class SeqHandle:
         self.text = TextStream(engine.tokenizer, request.stop_strings)  # touched only by the engine thread
 
     def cancel(self) -> None:
+        """Stops the sequence: a waiting one leaves the queue at once (its place is free for the next
+        request), one in a row is dropped on the engine's next iteration."""
         if not self.finished:
             self.cancelled = True
+            self._engine._drop_waiting(self)
             self._engine.wake()
 
 
@@ -134,21 +137,39 @@ class Engine:
         self.batch.reset()
 
     def submit(self, request: SeqRequest, on_event: Callable[[SeqEvent], None]) -> SeqHandle:
-        n = len(request.prompt_ids)
-        if not 0 < n < self.context_len:
-            raise ValueError(f"prompt of {n} tokens: needs 1 to {self.context_len - 1}")
-        handle = SeqHandle(request, on_event, self)
+        return self.submit_many([request], [on_event])[0]
+
+    def submit_many(self, requests: Sequence[SeqRequest],
+                    on_events: Sequence[Callable[[SeqEvent], None]]) -> list[SeqHandle]:
+        """Queues all of `requests` or none: EngineFull when the queue has no room for all of them."""
+        for request in requests:
+            n = len(request.prompt_ids)
+            if not 0 < n < self.context_len:
+                raise ValueError(f"prompt of {n} tokens: needs 1 to {self.context_len - 1}")
+        handles = [SeqHandle(r, cb, self) for r, cb in zip(requests, on_events, strict=True)]
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
-                raise EngineFull(f"{len(self._waiting)} requests are already waiting")
-            self._waiting.append(handle)
-            self.counters["requests"] += 1
+            if len(self._waiting) + len(handles) > self.max_waiting:
+                raise EngineFull(f"{len(self._waiting)} sequences are already waiting (at most "
+                                 f"{self.max_waiting})")
+            self._waiting.extend(handles)
+            self.counters["requests"] += len(handles)
             self._cond.notify_all()
-        return handle
+        return handles
 
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def _drop_waiting(self, handle: SeqHandle) -> None:
+        """Takes a cancelled sequence out of the queue now (not when a row frees); no-op once admitted."""
+        with self._cond:
+            try:
+                self._waiting.remove(handle)
+            except ValueError:
+                return
+            handle.finished = True
+            self.counters["cancelled"] += 1
+        self._emit(handle, SeqEvent("", "cancelled"))
 
     def stats(self) -> dict[str, Any]:
         with self._cond:

@@ -35,9 +35,20 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
     return APIError(400, message, param=param, code=code)
 
 
+def require_json(content_type: str | None) -> None:
+    """415 unless the body is declared `application/json` (parameters such as charset allowed). What a web
+    page may POST to another origin without a CORS preflight (text/plain, forms, no type) is never read."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        got = repr(content_type[:100]) if content_type else "none"
+        raise APIError(415, f"Content-Type must be application/json, got {got}",
+                       code="unsupported_media_type")
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; invalid UTF-8, bad JSON, nesting too deep for the parser and
-    non-objects are 400s. (The size limit is checked while the body arrives: `limits.RequestLimits`.)"""
+    """The request body as a JSON object; invalid UTF-8, bad JSON, nesting too deep for the parser,
+    non-objects and strings UTF-8 cannot encode (lone surrogate escapes such as "\\ud800", named by their
+    field) are 400s. (The size limit is checked while the body arrives: `limits.RequestLimits`.)"""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -51,7 +62,44 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
         raise bad("request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad(f"request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    _refuse_lone_surrogates(body)
     return body
+
+
+def _refuse_lone_surrogates(body: dict[str, Any]) -> None:
+    """JSON's `\\uXXXX` escapes can spell half of a surrogate pair, which no UTF-8 text holds: the
+    tokenizer (and the reply encoder) would fail on it. Walks the body iteratively (any depth the parser
+    took) in document order; a 400 naming the first such field, e.g. `messages[0].content`."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            where = _surrogate_at(value)
+            if where is not None:
+                code_point = f"\\u{ord(value[where]):04x}"
+                raise bad(f"'{path}' is not valid Unicode: it holds a lone surrogate ({code_point} at "
+                          f"character {where}); send text as UTF-8 or as escaped surrogate pairs", path,
+                          "invalid_encoding")
+        elif isinstance(value, dict):
+            for key in value:
+                if _surrogate_at(key) is not None:
+                    raise bad(f"a key in '{path or 'the request body'}' holds a lone surrogate", path or None,
+                              "invalid_encoding")
+            stack.extend((v, f"{path}.{k}" if path else k) for k, v in reversed(value.items())
+                         if isinstance(v, str | list | dict))
+        elif isinstance(value, list):
+            stack.extend((value[i], f"{path}[{i}]") for i in reversed(range(len(value)))
+                         if isinstance(value[i], str | list | dict))
+
+
+def _surrogate_at(text: str) -> int | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def _reject_constant(name: str) -> Any:

@@ -43,8 +43,10 @@ def load_engine(model_path: str, *, tokenizer: str | None = None, dtype: str = "
     return engine.start(), fmt
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; OSError (address in use, bad host) for the caller to report."""
+def bind(host: str, port: int, listen: bool = True) -> socket.socket:
+    """A bound socket, listening unless `listen` is False (the CLI binds first, so a taken port fails at
+    once, and listens once the model is loaded: until then connections are refused rather than left
+    hanging); OSError (address in use, bad host) for the caller to report."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -53,7 +55,8 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.listen(128)
+    if listen:
+        sock.listen(128)
     sock.set_inheritable(True)
     return sock
 
