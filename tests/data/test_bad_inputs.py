@@ -49,12 +49,20 @@ BAD = {  # one bad record of each kind, as a JSON line, and the reason it must b
     "fence_bomb": (line(reply("fence", "```x\n" * 200_000)), "too_large"),
     "deep_json": (DEEP_JSON, "too_deep"),
     "nested_divs": (line(reply("divs", "<div>" * 1000 + "x" + "</div>" * 1000)), "bad_html"),
-    "html_parser_bomb": (line(reply("slow", "<div>" + "<a " * 20_000)), "too_slow"),
+    # Python refuses to convert integers over 4,300 digits (ValueError, not a JSON error): in any field
+    "huge_int": (b'{"id": "big", "n": ' + b"9" * 5_000 + b', "conversations": []}', "number_too_long"),
+    "huge_int_id": (b'{"id": -' + b"1" * 100_000 + b', "conversations": []}', "number_too_long"),
     "not_utf8": (line(reply("latin1", "caf\u00e9")).replace(b"\\u00e9", b"\xe9"), "not_utf8"),
     "image_part": (line(IMAGE_PART), "unsupported_content"),
     "malformed": (b'{"id": "oops", "conversations": [oops]}', "malformed_json"),
 }
 
+
+# Hostile but harmless: kept, and quickly (html.parser took seconds per record on these: quadratic).
+HOSTILE_KEPT = {
+    "html_parser_bomb": reply("slow", "<div>" + "<a " * 20_000),
+    "html_quoted_bomb": reply("quoted", "<div>" + "<a x='>' " * 8_000),
+}
 
 NO_RECORDS = "no usable conversation: the file holds no records"
 
@@ -72,11 +80,16 @@ def corpus() -> dict[str, tuple[bytes, list[str], dict]]:
     }
     for name, (bad, reason) in BAD.items():  # each bad record between two good ones
         files[f"{name}.jsonl"] = (g[0] + b"\n" + bad + b"\n" + g[1] + b"\n", ["good0", "good1"], {reason: 1})
+    for name, record in HOSTILE_KEPT.items():
+        files[f"{name}.jsonl"] = (g[0] + b"\n" + line(record) + b"\n", ["good0", record["id"]], {})
     # all of them at once, in an array (with a BOM) and in JSONL, between good records
     mixed, ids = [g[0]], ["good0"]
     for k, (bad, _) in enumerate(BAD.values()):
         mixed += [bad, g[k + 1]]
         ids.append(f"good{k + 1}")
+    for record in HOSTILE_KEPT.values():
+        mixed.append(line(record))
+        ids.append(record["id"])
     mixed += [line(TEXT_PARTS)]
     ids.append("parts")
     counts = dict(Counter(reason for _, reason in BAD.values()))
@@ -169,3 +182,48 @@ def test_mutated_json_arrays_fail_cleanly_or_account_for_every_record(tmp_path, 
         return
     report = cleaner.report
     assert report.kept == len(kept) and report.kept + sum(report.rejected.values()) == report.total
+
+
+def _raw_with_a_huge_int(tmp_path, n_good: int) -> str:
+    """The first `n_good` bundled sample conversations as JSONL, with a record holding a 5,000-digit integer
+    after the first one."""
+    from vicuna_jax.data.prepare import bundled_sample_path
+
+    with open(bundled_sample_path(), encoding="utf-8") as f:
+        sample = json.load(f)[:n_good]
+    lines = [line(r) for r in sample]
+    lines.insert(1, b'{"id": "big", "score": ' + b"7" * 5_000 + b', "conversations": []}')
+    path = tmp_path / "raw.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return str(path)
+
+
+def test_prepare_rejects_only_the_record_python_cannot_read(tmp_path):
+    from vicuna_jax.data.prepare import prepare_dataset
+    from vicuna_jax.data.store import PreparedDataset
+    from vicuna_jax.data.tokenizer import bundled_tokenizer_path
+
+    raw = _raw_with_a_huge_int(tmp_path, 20)
+    out = prepare_dataset(raw, str(tmp_path / "ds"), tokenizer=bundled_tokenizer_path(), max_length=256,
+                          validation_fraction=0.0, verbose=False, num_workers=1)
+    report = PreparedDataset(out).meta["clean_report"]
+    assert report["total"] == 21 and report["rejected"] == {"number_too_long": 1}
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects.jsonl"))]
+    assert rejects[0]["where"] == f"{raw}:2" and "5,000 digits" in rejects[0]["detail"]
+
+
+def test_training_on_raw_data_with_a_record_python_cannot_read(tmp_path):
+    from tiny_run import tiny_config
+
+    from vicuna_jax.train import train
+
+    raw = _raw_with_a_huge_int(tmp_path, 60)
+    c = tiny_config({"model": "tiny", "model_overrides.hidden_size": 32, "model_overrides.intermediate_size": 64,
+                     "model_overrides.num_layers": 1, "model_overrides.num_heads": 2,
+                     "model_overrides.num_kv_heads": 1, "seq_len": 128, "batch_size": 8, "total_steps": 1,
+                     "checkpoint_every": 1, "eval_every": 0, "export_hf_at_end": False, "dtype": "float32",
+                     "remat_policy": "none", "loss_chunk_size": 0, "data.path": raw})
+    summary = train(c, str(tmp_path / "w"))
+    assert summary["final_step"] == 1
+    meta = json.load(open(tmp_path / "w" / "data" / "meta.json"))
+    assert meta["clean_report"]["rejected"] == {"number_too_long": 1}
