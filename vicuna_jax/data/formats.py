@@ -169,7 +169,7 @@ def parse_record(path: str, line: int, index: int, data: bytes) -> RawRecord:
 def _long_number(text: str, line: int) -> str:
     """Where the first integer over Python's int-string limit (4,300 digits by default) is, and its size."""
     limit = sys.get_int_max_str_digits()
-    m = re.search(r"\d{%d,}" % (limit + 1), text) if limit else None
+    m = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
     if m is None:
         return f"line {line}: a number Python cannot convert"
     return (f"line {line + text.count(chr(10), 0, m.start())}: a number of {len(m.group()):,} digits (Python "

@@ -72,7 +72,8 @@ def defuse_unterminated_tags(text: str) -> str:
     html.parser stops where a tag (or comment, declaration) never ends - for `<a x='>' <a ...`, never
     outside quotes - and, when the document is closed, rescans the rest of the text from each '<' in it:
     quadratic. One `feed` (linear: it stops at that point) says where the rest starts; as text it reads the
-    same as the parser made it when the rest is one broken tag (a reply cut off mid-tag), and costs one pass."""
+    same as the parser made it when the rest is one broken tag (a reply cut off mid-tag), and costs one
+    pass."""
     from html.parser import HTMLParser
 
     probe = HTMLParser(convert_charrefs=False)  # as BeautifulSoup's html.parser builder runs it
