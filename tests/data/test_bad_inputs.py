@@ -219,7 +219,8 @@ def test_training_on_raw_data_with_a_record_python_cannot_read(tmp_path):
 
     raw = _raw_with_a_huge_int(tmp_path, 60)
     c = tiny_config({"model": "tiny", "model_overrides.hidden_size": 32,
-                     "model_overrides.intermediate_size": 64, "model_overrides.num_layers": 1, "model_overrides.num_heads": 2,
+                     "model_overrides.intermediate_size": 64, "model_overrides.num_layers": 1,
+                     "model_overrides.num_heads": 2,
                      "model_overrides.num_kv_heads": 1, "seq_len": 128, "batch_size": 8, "total_steps": 1,
                      "checkpoint_every": 1, "eval_every": 0, "export_hf_at_end": False, "dtype": "float32",
                      "remat_policy": "none", "loss_chunk_size": 0, "data.path": raw})
