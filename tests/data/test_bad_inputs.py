@@ -228,3 +228,93 @@ def test_training_on_raw_data_with_a_record_python_cannot_read(tmp_path):
     assert summary["final_step"] == 1
     meta = json.load(open(tmp_path / "w" / "data" / "meta.json"))
     assert meta["clean_report"]["rejected"] == {"number_too_long": 1}
+
+
+# ----------------------------------------------------------------------------------- chat templates
+# Runaway chat templates (a model directory's chat_template is code): each must end within its budget with
+# one error naming the template, whatever it asks of the CPU or memory. name -> (template, words the error
+# must hold).
+_LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}BODY{% endfor %}{% endfor %}"
+TEMPLATE_ATTACKS = {
+    "nested_range_loops": (_LOOPS.replace("BODY", ""), "s of CPU time"),
+    "nested_string_loops": ("{% set s = 'a' * 100000 %}{% for i in s %}{% for j in s %}{% endfor %}"
+                            "{% endfor %}", "s of CPU time"),
+    "loops_in_a_filter_block": ("{% filter upper %}" + _LOOPS.replace("BODY", "x") + "{% endfilter %}",
+                                "budget"),
+    "string_times_1e10": ("{{ 'a' * 10**10 }}", "repetition (*)"),
+    "list_times_1e10": ("{{ ([1] * 100000) * 100000 }}", "repetition (*)"),
+    "range_1e9": ("{% for i in range(10**9) %}{{ i }}{% endfor %}", "range() of more than 100,000"),
+    "range_1e30": ("{{ range(10**30)|list }}", "range() of more than 100,000"),
+    "recursive_macro": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion too deep"),
+    "recursive_loop": ("{% for x in [1] recursive %}{{ loop([1]) }}{% endfor %}", "recursion too deep"),
+    "doubling_macro": ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% else %}xxxxxxxx{% endif %}"
+                       "{% endmacro %}{{ f(40) }}", "output passed the size budget"),
+    "literal_in_loops": ("{% set x %}" + _LOOPS.replace("BODY", "L" * 1000) + "{% endset %}",
+                         "output passed the size budget"),
+    "doubling_concat": ("{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+                        "{% endfor %}", "concatenation (~)"),
+    "doubling_plus": ("{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+                      "{% endfor %}", "concatenation (+)"),
+    "power": ("{{ 2 ** (10 ** 9) }}", "power of over 4096 bits"),
+    "squaring": ("{% set ns = namespace(x=3) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}"
+                 "{% endfor %}", "product of over 4096 bits"),
+    "center_filter": ("{{ 'a'|center(10000000000) }}", "center width"),
+    "ljust_method": ("{{ 'a'.ljust(10**10) }}", "ljust() width"),
+    "replace_method": ("{{ ('a' * 1000000).replace('a', 'b' * 1000000) }}", "replace would hold"),
+    "replace_filter": ("{{ ('a' * 1000000)|replace('a', 'b' * 1000000) }}", "replace would hold"),
+    "join_method": ("{{ ('b' * 1000000).join('a' * 1000000) }}", "join"),
+    "join_filter": ("{{ ('a' * 1000000)|join('b' * 1000000) }}", "join"),
+    "format_width": ("{{ '{:>10000000000}'.format('a') }}", "width in a format string"),
+    "format_nested_width": ("{{ '{:{}}'.format('a', 10**10) }}", "width in a format string"),
+    "percent_width": ("{{ '%10000000000s' % 'a' }}", "width in a % format"),
+    "percent_star": ("{{ '%*s' % (10**10, 'a') }}", "width in a % format"),
+    "format_filter": ("{{ '%10000000000s'|format('a') }}", "width in a % format"),
+    "indent": ("{{ ('a\n' * 500000)|indent(1000000) }}", "indent"),
+    "batch_fill": ("{{ [1]|batch(10**10, 'x')|list }}", "batch count"),
+    "expandtabs": ("{{ ('\t' * 1000000).expandtabs(1000000) }}", "expandtabs"),
+    "translate": ("{{ ('a' * 1000000).translate({97: 'b' * 1000000}) }}", "translate"),
+    "wordwrap": ("{{ ('a ' * 500000)|wordwrap(1, wrapstring='x' * 1000000) }}", "wordwrap"),
+    "tojson_indent": ("{{ (range(100000)|list)|tojson(indent=10**6) }}", "tojson indent"),
+    "sum_of_lists": ("{{ ([[1]] * 100000)|sum(start=[]) }}", "sum() of list"),
+    "text_of_shared_strings": ("{{ ['a' * 1000000] * 100000 }}", "would write over"),
+    "tojson_of_shared_strings": ("{{ (['a' * 1000000] * 100000)|tojson }}", "would write over"),
+    "sort_of_long_strings": ("{{ (['a' * 1000000] * 100000)|sort|length }}", "work budget"),
+    "max_of_long_strings": ("{{ (['a' * 1000000] * 100000)|max|length }}", "work budget"),
+    "many_wide_values": ("{{ (range(100000)|list)|map('center', 100000)|join }}", "work budget"),
+    "deep_parentheses": ("{{ " + "(" * 100000 + "1" + ")" * 100000 + " }}", "does not compile"),
+    "include": ("{% include 'x' %}", "no loader"),
+    "division_by_zero": ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    "lipsum": ("{{ lipsum(10**7) }}", "'lipsum' is undefined"),
+}
+
+TEMPLATE_DRIVER = """
+import inspect, json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a memory bomb fails here, not the machine
+from vicuna_jax.data.chat_template import render
+named = {"origin": "attack.jinja"} if "origin" in inspect.signature(render).parameters else {}
+results = {}
+for name, source in json.loads(sys.stdin.read()).items():
+    t0 = time.monotonic()
+    try:
+        render(source, [{"role": "user", "content": "hi"}], {}, **named)
+        results[name] = ("no error", "", time.monotonic() - t0)
+    except BaseException as e:
+        results[name] = (type(e).__name__, str(e), time.monotonic() - t0)
+print(json.dumps(results))
+"""
+
+
+def test_runaway_chat_templates_end_within_their_budget_naming_the_template():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    sources = {name: source for name, (source, _) in TEMPLATE_ATTACKS.items()}
+    proc = subprocess.run([sys.executable, "-c", TEMPLATE_DRIVER], input=json.dumps(sources), env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    for name, (_, words) in TEMPLATE_ATTACKS.items():
+        kind, message, seconds = results[name]
+        assert "\n" not in message and words in message, (name, kind, message)
+        if name != "lipsum":  # jinja2's own UndefinedError names the variable
+            assert message.startswith("chat template attack.jinja"), (name, message)
+            assert kind in ("TemplateLimitError", "TemplateRenderError", "ChatTemplateError"), (name, kind)
+        assert seconds < 10, (name, seconds)  # 1 s of CPU at most; wall time on a loaded machine
