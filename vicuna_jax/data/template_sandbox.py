@@ -78,17 +78,24 @@ def budget(input_chars: int, seconds: float | None = None) -> Iterator[_Budget]:
 
 
 def input_size(value: Any) -> int:
-    """Characters of the strings in `value` (nested dicts, lists, tuples), counted without recursion."""
+    """Characters of the strings in `value` (nested dict values, lists, tuples), counted without recursion."""
     total, stack = 0, [value]
+    pop, push = stack.pop, stack.extend
     while stack:
-        v = stack.pop()
-        if isinstance(v, str):
+        v = pop()
+        t = type(v)
+        if t is str:
+            total += len(v)
+        elif t is dict:
+            push(v.values())
+        elif t is list or t is tuple:
+            push(v)
+        elif isinstance(v, str):
             total += len(v)
         elif isinstance(v, dict):
-            total += sum(len(k) for k in v if type(k) is str)
-            stack.extend(v.values())
+            push(v.values())
         elif isinstance(v, (list, tuple)):
-            stack.extend(v)
+            push(v)
     return total
 
 
