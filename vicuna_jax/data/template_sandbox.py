@@ -11,8 +11,9 @@ at every level. `BudgetedEnvironment` is the sandbox plus:
 - size: no string, list or output may pass the rendering's size budget (`MIN_SIZE` characters or items plus
   `SIZE_PER_INPUT` per character of the conversation): `*`, `+`, `%`, `~`, `str` methods (`ljust`,
   `replace`, `join`, `format`, ...) and filters (`center`, `indent`, `join`, `replace`, `wordwrap`, ...) check
-  the size of their result before making it; everything else is checked after. Integers stay under
-  `MAX_INT_BITS` bits, `range` under `MAX_RANGE` items; `lipsum` is gone, `sum` only adds numbers.
+  the size of their result before making it; everything else is checked after, and all values made add up
+  to at most `WORK_PER_SIZE` times the budget. Integers stay under `MAX_INT_BITS` bits, `range` under
+  `MAX_RANGE` items; writing a container as text is measured first; `lipsum` is gone, `sum` adds numbers.
 - compile time: filters are never evaluated while compiling (the wrappers take the context, which Jinja
   cannot constant-fold), so compiling is linear in the template's size (capped by the caller).
 
@@ -80,22 +81,12 @@ def budget(input_chars: int, seconds: float | None = None) -> Iterator[_Budget]:
 def input_size(value: Any) -> int:
     """Characters of the strings in `value` (nested dict values, lists, tuples), counted without recursion."""
     total, stack = 0, [value]
-    pop, push = stack.pop, stack.extend
     while stack:
-        v = pop()
-        t = type(v)
-        if t is str:
+        v = stack.pop()
+        if isinstance(v, str):
             total += len(v)
-        elif t is dict:
-            push(v.values())
-        elif t is list or t is tuple:
-            push(v)
-        elif isinstance(v, str):
-            total += len(v)
-        elif isinstance(v, dict):
-            push(v.values())
-        elif isinstance(v, (list, tuple)):
-            push(v)
+        elif isinstance(v, (list, tuple, dict)):
+            stack.extend(v.values() if isinstance(v, dict) else v)
     return total
 
 
@@ -125,8 +116,8 @@ def _check_size(n: int, what: str) -> None:
                              f"{limit:,}")
 
 
-def _check_int(n: Any, what: str, limit: int | None = None) -> None:
-    limit = _limit() if limit is None else limit
+def _check_int(n: Any, what: str) -> None:
+    limit = _limit()
     if isinstance(n, int) and not isinstance(n, bool) and abs(n) > limit:
         raise BudgetExceeded(f"{what} of {n:,} is over the size budget of {limit:,}")
 
