@@ -4,8 +4,10 @@ transformers, and fails (exit 1) on a conversation the template cannot be aligne
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -66,3 +68,32 @@ def test_bad_inputs_are_one_error_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vicuna_jax.data.check_template", "--tokenizer", good,
                              "--conversations", str(bad)], capture_output=True, text=True, check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "bad.jsonl:1" in result.stderr
+
+
+RUNAWAY = {  # the four of issue 19: hours, 10 GB, OverflowError and RecursionError tracebacks before
+    "nested_loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "huge_string": "{{ 'a' * 10**10 }}",
+    "huge_range": "{% for i in range(10**9) %}{{ i }}{% endfor %}",
+    "recursive_macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+}
+
+
+def _limit_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a memory bomb fails here, not the machine
+
+
+@pytest.mark.parametrize("name", sorted(RUNAWAY))
+def test_a_runaway_template_in_a_model_directory_is_one_error_line_naming_its_file(tmp_path, name):
+    path = save_hf_tokenizer(str(tmp_path / name), "qwen", chat_template=None)
+    template_file = os.path.join(path, "chat_template.jinja")
+    with open(template_file, "w") as f:
+        f.write(RUNAWAY[name])
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "vicuna_jax.data.check_template", "--tokenizer", path],
+                            capture_output=True, text=True, check=False, timeout=60, preexec_fn=_limit_memory)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"chat template 'hf' ({template_file}): " in errors[0], result.stderr
+    assert time.monotonic() - t0 < 30

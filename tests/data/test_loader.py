@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
+from vicuna_jax.cli import UserError
 from vicuna_jax.data import encode_conversation
 from vicuna_jax.data.loader import ChatBatchIterator, make_eval_batches, make_train_iterator
 from vicuna_jax.data.pack import batch_stats
@@ -196,3 +199,35 @@ def test_eval_batches_cover_the_split_once(prepared_sample, packing):
     assert sum(batch_stats(b)["target_tokens"] for b in full) == pytest.approx(
         sum(batch_stats(b)["target_tokens"] for h in halves for b in h)
     )
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("damage", ["pickled", "floats", "2d", "truncated"])
+def test_a_pickled_or_damaged_lengths_file_is_refused_naming_it(prepared_sample, tmp_path, damage):
+    ds = str(tmp_path / "ds")
+    shutil.copytree(prepared_sample, ds)
+    path = os.path.join(ds, "lengths_train.npy")
+    marker = str(tmp_path / "pickle_ran")
+    if damage == "pickled":
+        np.save(path, np.array([_Payload(marker), 3], dtype=object), allow_pickle=True)
+    elif damage == "floats":
+        np.save(path, np.load(path).astype(np.float32))
+    elif damage == "2d":
+        np.save(path, np.load(path)[:, None])
+    else:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    with pytest.raises(UserError) as e:
+        train_iter(ds)
+    assert str(e.value).startswith(f"{path}: ") and "prepare the dataset again" in str(e.value)
+    assert "\n" not in str(e.value) and not os.path.exists(marker)
+    with pytest.raises(UserError, match="lengths_train.npy: "):
+        next(make_eval_batches(ds, split="train", seq_len=SEQ, global_batch_size=8, process_index=0,
+                               process_count=1))

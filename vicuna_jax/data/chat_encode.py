@@ -26,7 +26,8 @@ generation blocks; with blocks it equals `return_assistant_tokens_mask` whenever
 reply and its end-of-turn token (where a block stops short of that token or runs past it, our rule wins).
 
 A conversation that cannot be aligned raises `AlignmentError` with a short `reason` (the data pipeline counts
-and skips it; it is never trained on unmasked): the template raised (`template_error`), a message contains
+and skips it; it is never trained on unmasked): the template raised or failed (`template_error`), went
+over its time or size budget (`template_limit`, see `template_sandbox`), a message contains
 a special-token string (`special_token_text`), a reply has no end-of-turn token (`no_end_of_turn`), the reply
 text is not where it should be or cannot be found in the rendering (`reply_not_found`), a token straddles the
 prompt/reply boundary (`reply_start_inside_token`; a located reply's first token may extend over whitespace
@@ -35,6 +36,7 @@ only), or the generation blocks do not match the assistant messages (`generation
 
 from __future__ import annotations
 
+import os
 import re
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +48,8 @@ from vicuna_jax.data.chat_template import (
     HF_TEMPLATE,
     ChatTemplateError,
     JinjaTemplate,
+    TemplateLimitError,
+    TemplateRenderError,
     has_generation_blocks,
     render,
 )
@@ -75,10 +79,12 @@ def messages_for(turns: Iterable[Mapping], system: str | None = None) -> list[di
 class JinjaChat:
     """A Jinja template bound to an HF tokenizer: renders, tokenizes and masks conversations."""
 
-    def __init__(self, name: str, source: str, tokenizer):
+    def __init__(self, name: str, source: str, tokenizer, origin: str | None = None):
         import jinja2
 
         self.name, self.source, self.tokenizer = name, source, tokenizer
+        # How errors name it: 'hf' (/models/x/chat_template.jinja)
+        self.label = f"{name!r} ({origin})" if origin else repr(name)
         self.variables = dict(tokenizer.special_tokens)
         self.has_generation = has_generation_blocks(source)
         specials = sorted((t for t, i in tokenizer.added_tokens.items() if tokenizer.is_special(i)),
@@ -98,9 +104,13 @@ class JinjaChat:
                track: bool = False) -> tuple[str, list[tuple[int, int]]]:
         try:
             return render(self.source, messages, self.variables, add_generation_prompt=add_generation_prompt,
-                          track=track)
+                          track=track, origin=self.label)
+        except TemplateLimitError as e:  # over its time or size budget
+            raise AlignmentError("template_limit", str(e)) from None
+        except TemplateRenderError as e:
+            raise AlignmentError("template_error", str(e)) from None
         except self._jinja_error as e:
-            raise AlignmentError("template_error", f"template {self.name!r} raised: {e}") from None
+            raise AlignmentError("template_error", f"template {self.label} raised: {e}") from None
 
     def _probe_end_of_turn(self, specials: list[str]) -> tuple[str, ...]:
         """The special token a rendering puts right after an assistant reply (whitespace allowed between)."""
@@ -112,6 +122,8 @@ class JinjaChat:
             try:
                 text, _ = self.render(probe)
             except AlignmentError as e:
+                if e.reason == "template_limit":  # no second try: one runaway rendering is enough
+                    raise ChatTemplateError(e.detail) from None
                 problems.append(str(e))
                 continue
             at = text.find(_PROBE_REPLY)
@@ -124,7 +136,7 @@ class JinjaChat:
                     return (token,)
             problems.append(f"no special token follows the reply: {text[at:at + 60]!r}")
         raise ChatTemplateError(
-            f"chat template {self.name!r}: cannot find its end-of-turn token ({'; '.join(problems)}). "
+            f"chat template {self.label}: cannot find its end-of-turn token ({'; '.join(problems)}). "
             "Training needs a special token (like <|eot_id|>, <|im_end|> or </s>) after each assistant "
             "reply, so the model learns to stop")
 
@@ -320,8 +332,22 @@ def chat_for(template: str | Template | JinjaTemplate | JinjaChat, tokenizer) ->
         if missing:
             raise ChatTemplateError(f"template {t.name!r} uses tokens {missing} that {tokenizer.model_path} "
                                     "does not have")
-        per_tokenizer[source] = JinjaChat(t.name, source, tokenizer)
+        origin = t.origin or (template_file(tokenizer) if source == own else None)
+        per_tokenizer[source] = JinjaChat(t.name, source, tokenizer, origin)
     return per_tokenizer[source]
+
+
+def template_file(tokenizer) -> str | None:
+    """The file a tokenizer's own chat template was read from: chat_template.jinja (which wins) or
+    tokenizer_config.json next to it (None when neither is there)."""
+    path = getattr(tokenizer, "model_path", None)
+    if not path:
+        return None
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    return None
 
 
 def stop_token_ids(tokenizer, template: str | Template | JinjaTemplate | None) -> list[int]:

@@ -271,7 +271,7 @@ def _from_record(tok: Any, tok_path: str | None, recorded: Mapping[str, Any], re
             raise ChatFormatError(f"{recorded_in}: its template {name!r} differs from this version's "
                                   f"{name!r}; pass {flag} explicitly")
     else:  # Jinja: the recorded text itself, whatever the tokenizer's own template is now
-        spec = JinjaTemplate(name if spec is not None else HF_TEMPLATE, source=source)
+        spec = JinjaTemplate(name if spec is not None else HF_TEMPLATE, source=source, origin=recorded_in)
     fmt = _build(tok, tok_path, spec, where, flag)
     max_length = recorded.get("max_length")
     return fmt.with_max_length(int(max_length) if isinstance(max_length, int) else None)

@@ -7,6 +7,11 @@ escape HTML, `dict` and a `namespace` that refuses dunder attributes. Templates 
 `add_generation_prompt`, `tools=None`, `documents=None` and the tokenizer's named special tokens
 (`bos_token`, `eos_token`, ...).
 
+A template is code from a model directory, so it renders in `template_sandbox.BudgetedEnvironment`: the
+sandbox (no Python internals, no file or network access: no loader, no imports) plus a CPU-time and size
+budget per rendering. Whatever a template does wrong - raises, divides by zero, recurses, runs over its
+budget - `render` reports as one error naming the template (`origin`: its file when it came from one).
+
 Also here: the built-in Jinja templates (`llama-3`, `chatml`, `mistral`, in the style of the official
 ones) for base models whose tokenizer has no template of its own.
 """
@@ -18,7 +23,7 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +73,8 @@ class JinjaTemplate:
     # The Jinja text itself, when it is not the built-in's nor the tokenizer's own (a recorded template:
     # what a dataset, workdir, checkpoint or export was made with).
     source: str | None = None
+    # Where `source` came from (a file, for error messages); not part of the template's identity.
+    origin: str | None = field(default=None, compare=False)
 
     @property
     def builtin_source(self) -> str | None:
@@ -77,6 +84,18 @@ class JinjaTemplate:
 class ChatTemplateError(ValueError):
     """A template that cannot be used for training or serving (it fails to render, has no end-of-turn token,
     or the tokenizer lacks its tokens); the message names the template."""
+
+
+class TemplateRenderError(ChatTemplateError):
+    """A template failed while rendering: it called something wrongly, divided by zero, ... (not its own
+    `raise_exception`, which is jinja2's TemplateError). The message names the template."""
+
+
+class TemplateLimitError(TemplateRenderError):
+    """A rendering went over its time or size budget, or recursed past Python's stack."""
+
+
+MAX_TEMPLATE_CHARS = 1 << 20  # real chat templates are a few KB; compiling is linear in the size
 
 
 class _Tracking:
@@ -96,7 +115,8 @@ def _environment():
     import jinja2.ext
     import jinja2.nodes
     import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from vicuna_jax.data.template_sandbox import BudgetedEnvironment
 
     class GenerationTracker(jinja2.ext.Extension):
         tags = {"generation"}
@@ -122,6 +142,11 @@ def _environment():
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                           sort_keys=sort_keys)
 
+    def strftime_now(format):
+        if len(str(format)) > 1000:
+            raise jinja2.exceptions.TemplateError("strftime_now: a format of over 1000 characters")
+        return datetime.now().strftime(format)
+
     class TemplateDict:
         def __call__(self, *args, **kwargs):
             return dict(*args, **kwargs)
@@ -146,43 +171,76 @@ def _environment():
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTracker, jinja2.ext.loopcontrols])
+    env = BudgetedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                              extensions=[GenerationTracker, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda f: datetime.now().strftime(f),
-                       dict=TemplateDict(), namespace=TemplateNamespace)
+    env.guard_filters()
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now, dict=TemplateDict(),
+                       namespace=TemplateNamespace)
     return env
 
 
 @functools.lru_cache(maxsize=16)
-def compile_template(source: str):
-    """The compiled template (cached); ChatTemplateError for a syntax error."""
+def _compile(source: str):
+    """The compiled template; ChatTemplateError saying why not (the caller names the template)."""
     import jinja2
 
+    if len(source) > MAX_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"has {len(source):,} characters (at most {MAX_TEMPLATE_CHARS:,})")
     try:
         return _environment().from_string(source)
     except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat template does not compile: {e} (line {e.lineno})") from None
+        raise ChatTemplateError(f"does not compile: {e} (line {e.lineno})") from None
+    except (RecursionError, MemoryError) as e:
+        raise ChatTemplateError(f"does not compile: nested too deeply ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - whatever else compiling untrusted text raises
+        raise ChatTemplateError(f"does not compile: {type(e).__name__}: {e}") from None
+
+
+def compile_template(source: str, origin: str | None = None):
+    """The compiled template (cached); ChatTemplateError (naming `origin`) when it cannot be compiled."""
+    try:
+        return _compile(source)
+    except ChatTemplateError as e:
+        raise ChatTemplateError(f"chat template {origin} {e}" if origin else f"chat template {e}") from None
 
 
 def render(source: str, messages: Sequence[Mapping[str, Any]], variables: Mapping[str, Any], *,
-           add_generation_prompt: bool = False, track: bool = False) -> tuple[str, list[tuple[int, int]]]:
+           add_generation_prompt: bool = False, track: bool = False,
+           origin: str | None = None) -> tuple[str, list[tuple[int, int]]]:
     """(text, generation spans) of `messages`, as `apply_chat_template(tokenize=False)` renders them.
 
     `variables` are the tokenizer's special tokens (and any template kwargs). Spans are character ranges of
-    the `{% generation %}` blocks (only when `track`). Raises jinja2.TemplateError from the template itself.
+    the `{% generation %}` blocks (only when `track`). Raises jinja2.TemplateError from the template itself
+    (`raise_exception`), TemplateLimitError over the budget (`template_sandbox`), TemplateRenderError for
+    any other failure, ChatTemplateError when it does not compile; each names `origin` when given.
     """
-    template = compile_template(source)
+    import jinja2
+
+    from vicuna_jax.data import template_sandbox
+
+    template = compile_template(source, origin)
     plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
     context = {**variables, "messages": plain, "tools": None, "documents": None,
                "add_generation_prompt": add_generation_prompt}
-    if not track:
-        return template.render(**context), []
+    where = f"chat template {origin}" if origin else "chat template"
     tracking = _Tracking()
-    token = _TRACKING.set(tracking)
+    token = _TRACKING.set(tracking if track else None)
     try:
-        for block in template.generate(**context):
-            tracking.blocks.append(block)
+        with template_sandbox.budget(template_sandbox.input_size(context)):
+            for block in template.generate(**context):
+                tracking.blocks.append(block)
+    except jinja2.TemplateError:
+        raise
+    except template_sandbox.BudgetExceeded as e:
+        raise TemplateLimitError(f"{where}: {e}") from None
+    except RecursionError:
+        raise TemplateLimitError(f"{where}: recursion too deep (a macro or loop that calls itself without "
+                                 "end)") from None
+    except MemoryError:
+        raise TemplateLimitError(f"{where}: ran out of memory") from None
+    except Exception as e:  # noqa: BLE001 - a template's own failure on this input, as one error
+        raise TemplateRenderError(f"{where} failed: {type(e).__name__}: {e}"[:1000]) from None
     finally:
         _TRACKING.reset(token)
     return "".join(tracking.blocks), tracking.spans

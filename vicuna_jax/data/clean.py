@@ -57,9 +57,10 @@ DEFAULT_BLOCKED_REPLIES = (
 
 # Reject reasons (a record is dropped) and fixes (a record is repaired and kept).
 REJECT_REASONS = (
-    "malformed_json", "not_utf8", "too_deep", "too_large", "too_slow", "bad_structure", "unsupported_content",
-    "unknown_role", "misplaced_system", "bad_html", "not_alternating", "empty_message", "too_short",
-    "blocked_word", "blocked_reply", "repeated_digits", "language", "duplicate_id", "duplicate_exchange",
+    "malformed_json", "not_utf8", "too_deep", "number_too_long", "too_large", "too_slow", "bad_structure",
+    "unsupported_content", "unknown_role", "misplaced_system", "bad_html", "not_alternating", "empty_message",
+    "too_short", "blocked_word", "blocked_reply", "repeated_digits", "language", "duplicate_id",
+    "duplicate_exchange", "failed",
 )  # fmt: skip
 
 
@@ -181,7 +182,16 @@ class Cleaner:
         return self.deduplicate(self.transform(raw))
 
     def transform(self, raw: RawRecord) -> dict:
-        """`clean_one` without de-duplication (what worker processes run; see `workers.py`)."""
+        """`clean_one` without de-duplication (what worker processes run; see `workers.py`). Any error one
+        record causes rejects that record: one we did not foresee is counted as `failed`, with its type."""
+        try:
+            return self._transform(raw)
+        except Rejected:
+            raise
+        except Exception as e:  # noqa: BLE001 - per-record isolation: nothing one record holds stops the run
+            raise Rejected("failed", f"{type(e).__name__}: {e}"[:500]) from None
+
+    def _transform(self, raw: RawRecord) -> dict:
         if raw.error:
             raise Rejected(raw.reason, raw.error)
         try:

@@ -2,7 +2,8 @@
 
 Records are streamed: a JSONL file is read line by line and a JSON array element by element (`_ArrayReader`),
 so memory holds one record (and one read block), never the file. A record that cannot be read (not UTF-8,
-malformed, nested too deeply for Python's parser, over `max_record_bytes`) comes back with `error` and a
+malformed, nested too deeply for Python's parser, over `max_record_bytes`, holding an integer longer than
+Python converts) comes back with `error` and a
 `reason` set, so the caller counts it and goes on; only a file whose framing is broken (no array closing
 bracket, an unterminated record, text between records) stops reading, with a `DataFormatError` naming the
 file and line. A UTF-8 byte-order mark is skipped, at the start of the file and of any JSONL line (files
@@ -158,7 +159,21 @@ def parse_record(path: str, line: int, index: int, data: bytes) -> RawRecord:
     except RecursionError:
         error = f"JSON nested too deeply (Python parses about {sys.getrecursionlimit()} levels)"
         reason = "too_deep"
+    except ValueError:  # valid JSON, but an integer longer than Python converts (sys.get_int_max_str_digits)
+        error, reason = _long_number(text, line), "number_too_long"
+    except MemoryError:
+        error, reason = f"record of {len(data):,} bytes does not fit in memory when parsed", "too_large"
     return RawRecord(path, line, index, None, error=error, reason=reason, text=text)
+
+
+def _long_number(text: str, line: int) -> str:
+    """Where the first integer over Python's int-string limit (4,300 digits by default) is, and its size."""
+    limit = sys.get_int_max_str_digits()
+    m = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+    if m is None:
+        return f"line {line}: a number Python cannot convert"
+    return (f"line {line + text.count(chr(10), 0, m.start())}: a number of {len(m.group()):,} digits (Python "
+            f"reads integers of at most {limit:,})")
 
 
 _STRUCTURE = re.compile(rb'[][{}"]')

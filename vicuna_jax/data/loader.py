@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 
 import grain
 import numpy as np
 
+from vicuna_jax.data.formats import DataFormatError
 from vicuna_jax.data.pack import assemble, batch_stats, plan_efficiency, plan_rows, slots_needed
 from vicuna_jax.data.store import PreparedDataset
 
@@ -29,6 +31,22 @@ def _process_defaults(process_index: int | None, process_count: int | None) -> t
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     return process_index, process_count
+
+
+def stored_lengths(dataset: PreparedDataset, split: str) -> np.ndarray:
+    """The token count of every example of `split`: a plain 1-D integer array, never unpickled (np.load
+    refuses object arrays); a damaged or foreign file is a DataFormatError naming it."""
+    path = os.path.join(dataset.dataset_dir, f"lengths_{split}.npy")
+    try:
+        lengths = dataset.lengths(split)
+    except (ValueError, OSError, EOFError) as e:  # pickled (object array), truncated, unreadable
+        reason = "it holds pickled objects" if "allow_pickle" in str(e) else str(e).split("\n")[0]
+        raise DataFormatError(f"{path}: not an array of token counts ({reason}); prepare the dataset "
+                              "again") from None
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or (lengths < 0).any():
+        raise DataFormatError(f"{path}: not an array of token counts (a {lengths.ndim}-D {lengths.dtype} "
+                              "array); prepare the dataset again")
+    return lengths
 
 
 class _RowReader:
@@ -71,7 +89,7 @@ class ChatBatchIterator:
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.packing, self.window = packing, window
         self.host_batch = global_batch_size // self.process_count
-        self.slots = slots_needed(dataset.lengths(split), seq_len)
+        self.slots = slots_needed(stored_lengths(dataset, split), seq_len)
         if not (self.slots > 0).any():
             raise ValueError(f"split {split!r} of {dataset.dataset_dir} has no example with a target")
         self._reader = _RowReader(dataset.source(split), seq_len, self.host_batch)
@@ -185,7 +203,7 @@ def make_eval_batches(
     if global_batch_size % process_count:
         raise ValueError(f"global_batch_size {global_batch_size} not divisible by {process_count} processes")
     dataset = PreparedDataset(dataset_dir)
-    slots = slots_needed(dataset.lengths(split), seq_len)
+    slots = slots_needed(stored_lengths(dataset, split), seq_len)
     rows = plan_rows(np.arange(len(slots)), slots, seq_len, packing, window=len(slots) or 1)
     host = global_batch_size // process_count
     reader = _RowReader(dataset.source(split), seq_len, host)

@@ -3,7 +3,9 @@
 Every step is linear in the message length (no regex that rescans the text from each position, no replace
 loop over the text per code block), so a hostile message costs time in proportion to its size; the cleaner
 also caps that size and the time per record. The one step that leans on third-party code, HTML conversion,
-refuses HTML nested deeper than `MAX_HTML_DEPTH` and turns any failure into `HtmlError`.
+refuses HTML nested deeper than `MAX_HTML_DEPTH` and turns any failure into `HtmlError`. Python's html.parser
+is quadratic on an unterminated tag (`"<div>" + "<a " * 8000`: seconds; CVE-2025-6069, fixed only in newer
+Pythons): `defuse_unterminated_tags` finds such a tail in one pass first and makes it text.
 """
 
 from __future__ import annotations
@@ -64,13 +66,31 @@ def html_depth(soup) -> int:
     return deepest
 
 
+def defuse_unterminated_tags(text: str) -> str:
+    """`text` with the '<' of an unterminated tag at its end, and every '<' after it, written as `&lt;`.
+
+    html.parser stops where a tag (or comment, declaration) never ends - for `<a x='>' <a ...`, never
+    outside quotes - and, when the document is closed, rescans the rest of the text from each '<' in it:
+    quadratic. One `feed` (linear: it stops at that point) says where the rest starts; as text it reads the
+    same as the parser made it when the rest is one broken tag (a reply cut off mid-tag), and costs one
+    pass."""
+    from html.parser import HTMLParser
+
+    probe = HTMLParser(convert_charrefs=False)  # as BeautifulSoup's html.parser builder runs it
+    probe.feed(text)
+    tail = probe.rawdata
+    if not tail.startswith("<") or probe.cdata_elem is not None:
+        return text
+    return text[: len(text) - len(tail)] + tail.replace("<", "&lt;")
+
+
 def html_to_markdown(text: str) -> str:
     """ShareGPT HTML -> Markdown: code blocks become fenced blocks with their language; buttons go.
 
     Raises HtmlError for HTML nested deeper than MAX_HTML_DEPTH or that the converter fails on."""
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(text, "html.parser")
+    soup = BeautifulSoup(defuse_unterminated_tags(text), "html.parser")
     depth = html_depth(soup)
     if depth > MAX_HTML_DEPTH:
         raise HtmlError(f"HTML nested {depth} tags deep (limit {MAX_HTML_DEPTH})")
