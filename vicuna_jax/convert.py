@@ -77,7 +77,7 @@ def nonfinite(arr: Any) -> tuple[int, list[int]]:
     if all(np.isfinite(rows[i:i + step]).all() for i in range(0, len(rows), step)):
         return 0, []
     bad = ~np.isfinite(arr)  # only for a damaged tensor: the whole mask, to count and locate
-    return int(np.count_nonzero(bad)), [int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape)]
+    return int(bad.sum()), [int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape)]
 
 
 def nonfinite_message(arr: Any, name: str, beyond: str = "") -> str | None:
@@ -288,9 +288,9 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
         stored = buffers[our_path] if layer is None else buffers[our_path][layer]
         with np.errstate(over="ignore"):
             stored[...] = value
-        if stored.dtype != tensor.dtype and (overflow := nonfinite_message(stored.T if transpose else stored,
-                                                                          key, stored.dtype.name)):
-            raise ConvertError(f"{path}: {overflow}; import with --dtype=auto, bfloat16 or float32")
+        if stored.dtype != tensor.dtype and stored.itemsize <= tensor.itemsize:  # the cast may overflow
+            if overflow := nonfinite_message(stored.T if transpose else stored, key, stored.dtype.name):
+                raise ConvertError(f"{path}: {overflow}; import with --dtype=auto, bfloat16 or float32")
         seen.add(key)
         del tensor, value, stored
     missing = [k for k in names if k not in seen]
