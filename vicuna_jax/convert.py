@@ -28,7 +28,7 @@ from vicuna_jax.cli import UserError
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.data.tokenizer import find_tokenizer_in
-from vicuna_jax.fileio import resolve_output_dir, writing_dir
+from vicuna_jax.fileio import current_umask, resolve_output_dir, writing_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 # Our parameter path -> (HF name with {i} for the layer, transpose?). Layer entries are stacked on axis 0.
@@ -62,6 +62,32 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 
 class ConvertError(UserError):
     """Bad or inconsistent Hugging Face input or output; the message names the file and key."""
+
+_CHECK_ELEMENTS = 1 << 22  # elements per finiteness check: the temporary mask stays at 4 MiB
+
+
+def nonfinite(arr: Any) -> tuple[int, list[int]]:
+    """(how many NaN/Inf entries `arr` holds, the index of the first); (0, []) for integers. One pass over
+    blocks of rows, so the temporary mask stays small whatever the tensor's size."""
+    arr = np.asarray(arr)
+    rows = arr.reshape(1, -1) if arr.ndim == 0 else arr
+    if arr.dtype.kind in "biu" or arr.size == 0:
+        return 0, []
+    step = max(1, _CHECK_ELEMENTS // max(1, rows[0].size))
+    if all(np.isfinite(rows[i:i + step]).all() for i in range(0, len(rows), step)):
+        return 0, []
+    bad = ~np.isfinite(arr)  # only for a damaged tensor: the whole mask, to count and locate
+    return int(bad.sum()), [int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape)]
+
+
+def nonfinite_message(arr: Any, name: str, beyond: str = "") -> str | None:
+    """None when `arr` is finite; else "tensor NAME holds N NaN/Inf values (first at [i, j])" (with
+    `beyond`, a dtype name: "N values beyond the range of DTYPE", for a cast that overflowed)."""
+    count, first = nonfinite(arr)
+    if not count:
+        return None
+    what = f"beyond the range of {beyond}" if beyond else "NaN/Inf"
+    return f"tensor {name!r} holds {count} {what} value{'s' if count > 1 else ''} (first at {first})"
 
 
 def _param_shapes(cfg: LlamaConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
@@ -163,12 +189,20 @@ def _iter_torch_bin(hf_dir: str) -> Iterator[tuple[str, str, np.ndarray]]:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise ConvertError(f"cannot read {path}: {e}") from None
+        if not isinstance(state, dict):
+            raise ConvertError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors")
         for key in list(state):
             t = state.pop(key)
-            if t.dtype == torch.bfloat16:
-                arr = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-            else:
-                arr = t.numpy()
+            if not isinstance(key, str) or not isinstance(t, torch.Tensor):
+                raise ConvertError(f"{path}: entry {key!r} is a {type(t).__name__}, not a tensor (expected a "
+                                   "state dict of named tensors)")
+            try:
+                if t.dtype == torch.bfloat16:
+                    arr = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+                else:
+                    arr = t.numpy()
+            except (TypeError, RuntimeError) as e:
+                raise ConvertError(f"{path}: tensor {key!r} cannot be read ({e})") from None
             yield path, key, arr
         del state
 
@@ -244,17 +278,21 @@ def load_hf(hf_dir: str, dtype: str = "auto") -> tuple[LlamaConfig, dict[str, An
         if tuple(tensor.shape) != want:
             raise ConvertError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, config.json implies "
                                f"{want}")
+        if damaged := nonfinite_message(tensor, key):
+            raise ConvertError(f"{path}: {damaged}; the file is damaged, or the model diverged before saving")
         target_dtype = tensor.dtype if dtype == "auto" else DTYPES[dtype]
         value = tensor.T if transpose else tensor
         if our_path not in buffers:
             stacked_shape = value.shape if layer is None else (cfg.num_layers, *value.shape)
             buffers[our_path] = np.empty(stacked_shape, dtype=target_dtype)
-        if layer is None:
-            buffers[our_path][...] = value
-        else:
-            buffers[our_path][layer] = value
+        stored = buffers[our_path] if layer is None else buffers[our_path][layer]
+        with np.errstate(over="ignore"):
+            stored[...] = value
+        if stored.dtype != tensor.dtype and stored.itemsize <= tensor.itemsize:  # the cast may overflow
+            if overflow := nonfinite_message(stored.T if transpose else stored, key, stored.dtype.name):
+                raise ConvertError(f"{path}: {overflow}; import with --dtype=auto, bfloat16 or float32")
         seen.add(key)
-        del tensor, value
+        del tensor, value, stored
     missing = [k for k in names if k not in seen]
     if missing:
         raise ConvertError(f"{hf_dir}: {len(missing)} tensors missing from the checkpoint, "
@@ -313,11 +351,17 @@ def _hf_specs(cfg: LlamaConfig) -> list[tuple[str, tuple[str, ...], int | None, 
 
 
 def _host_tensor(flat: dict[tuple[str, ...], Any], path: tuple[str, ...], layer: int | None,
-                 transpose: bool, dtype: Any) -> np.ndarray:
-    """One HF tensor on the host; a layer slice is gathered from the devices on its own."""
-    value = flat[path] if layer is None else flat[path][layer]
-    arr = np.asarray(value).astype(dtype)
-    return np.ascontiguousarray(arr.T if transpose else arr)
+                 transpose: bool, dtype: Any, name: str) -> np.ndarray:
+    """One HF tensor on the host; a layer slice is gathered from the devices on its own. Refused when it
+    holds NaN/Inf, or values the export dtype cannot hold."""
+    source = np.asarray(flat[path] if layer is None else flat[path][layer])
+    with np.errstate(over="ignore"):
+        arr = np.asarray(source.T if transpose else source, dtype=dtype, order="C")
+    if bad := nonfinite_message(arr, name):
+        if not nonfinite(source)[0]:
+            bad = nonfinite_message(arr, name, np.dtype(dtype).name) + "; export as bfloat16 or float32"
+        raise ConvertError(f"cannot export: {bad}")
+    return arr
 
 
 def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: str = "bfloat16",
@@ -358,9 +402,10 @@ def save_hf(params: dict[str, Any], cfg: LlamaConfig, out_dir: str, *, dtype: st
         total_size = 0
         for k, shard in enumerate(plan):
             fname = f"model-{k + 1:05d}-of-{len(plan):05d}.safetensors"
-            tensors = {name: _host_tensor(flat, path, layer, t, np_dtype)
+            tensors = {name: _host_tensor(flat, path, layer, t, np_dtype, name)
                        for name, path, layer, t, _ in shard}
             save_file(tensors, os.path.join(tmp, fname), metadata={"format": "pt"})
+            os.chmod(os.path.join(tmp, fname), 0o666 & ~current_umask())  # safetensors creates files 0600
             total_size += sum(a.nbytes for a in tensors.values())
             weight_map.update({name: fname for name in tensors})
             del tensors

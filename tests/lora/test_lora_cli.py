@@ -83,6 +83,12 @@ def test_lora_export_cli_writes_peft_and_merged(lora_workdir, tmp_path):
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
+    umask = os.umask(0)
+    os.umask(umask)
+    for directory in (f"{workdir}/hf", f"{workdir}/adapter", f"{tmp_path}/peft", f"{tmp_path}/merged"):
+        modes = {n: os.stat(os.path.join(directory, n)).st_mode & 0o777 for n in os.listdir(directory)
+                 if os.path.isfile(os.path.join(directory, n))}
+        assert set(modes.values()) == {0o666 & ~umask}, (directory, modes)  # safetensors files too
     refused = run(f"--adapter={tmp_path}/peft", f"--out={tmp_path}/x", f"--base={workdir}/hf")
     assert refused.returncode == 2 and "another base model" in refused.stderr
     assert "Traceback" not in refused.stderr

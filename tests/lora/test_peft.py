@@ -3,6 +3,7 @@ base + adapter in transformers, and bad or foreign adapters are refused with the
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -144,7 +145,27 @@ def _rewrite_config(**changes):
     return change
 
 
+def _to_bin(content):
+    """Replaces adapter_model.safetensors by an adapter_model.bin holding content(tensors as torch)."""
+    def change(out):
+        import torch
+        from safetensors.numpy import load_file
+
+        path = os.path.join(out, "adapter_model.safetensors")
+        state = {k: torch.from_numpy(v.copy()) for k, v in load_file(path).items()}
+        os.remove(path)
+        torch.save(content(state), os.path.join(out, "adapter_model.bin"))
+    return change
+
+
+def _nan_in_bin(state):
+    state[Q0_A][0, 3] = float("nan")
+    return state
+
+
 Q0_A = peft_name(0, "q_proj", "A")
+D1_B = peft_name(1, "down_proj", "B")
+UPDATE = "the update scale\\*A@B of q_proj in layer 0 reaches .* the adapter is damaged or mis-scaled"
 BAD = {
     "missing": (_rewrite_tensors(lambda t: t.pop(Q0_A)), f"tensor '{Q0_A}' is missing"),
     "shape": (_rewrite_tensors(lambda t: t.update({Q0_A: np.zeros((5, 64), np.float32)})),
@@ -158,6 +179,21 @@ BAD = {
                   "has no adapter_config.json"),
     "truncated": (lambda out: open(os.path.join(out, "adapter_model.safetensors"), "r+b").truncate(100),
                   "cannot read .*adapter_model.safetensors"),
+    # Non-finite or absurdly scaled weights: refused as read, the file and tensor named.
+    "nan": (_rewrite_tensors(lambda t: t[Q0_A].__setitem__((1, 2), np.nan)),
+            f"adapter_model.safetensors: tensor '{Q0_A}' holds 1 NaN/Inf value \\(first at \\[1, 2\\]\\)"),
+    "inf": (_rewrite_tensors(lambda t: t[D1_B].__setitem__((slice(None), 0), -np.inf)),
+            f"tensor '{D1_B}' holds 64 NaN/Inf values"),
+    "scaled_1e30": (_rewrite_tensors(lambda t: t.update({k: v * np.float32(1e30) for k, v in t.items()})),
+                    "adapter_model.safetensors: " + UPDATE),
+    "alpha_1e30": (_rewrite_config(lora_alpha=1e30), UPDATE),
+    "alpha_nan": (_rewrite_config(lora_alpha=float("nan")), "lora_alpha must be a positive number"),
+    "dropout": (_rewrite_config(lora_dropout="none"), "lora_dropout must be a number in \\[0, 1\\)"),
+    "targets": (_rewrite_config(target_modules=7), "target_modules: expected module names"),
+    # adapter_model.bin files that are not state dicts of tensors, or hold a NaN.
+    "bin_list": (_to_bin(lambda state: list(state.values())), "adapter_model.bin: holds a list, not a state"),
+    "bin_int": (_to_bin(lambda state: {**state, Q0_A: 3}), f"adapter_model.bin: entry '{Q0_A}' is a int"),
+    "bin_nan": (_to_bin(_nan_in_bin), f"adapter_model.bin: tensor '{Q0_A}' holds 1 NaN/Inf value"),
 }
 
 
@@ -192,3 +228,59 @@ def test_peft_adapters_listing_full_module_paths_load(tmp_path):
     tokens = np.random.RandomState(0).randint(1, 211, (2, 12))
     merged, _, _ = load_model(base_dir, adapter=str(tmp_path / "all_linear"))
     assert np.abs(logits(merged, tokens) - hf_logits(model, tokens)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("case", ["bin_list", "bin_int", "scaled_1e30"])
+def test_bad_adapters_give_one_error_line_from_the_cli(base_dir, exported, tmp_path, case):
+    import subprocess
+    import sys
+
+    change, message = BAD[case]
+    out = _corrupt(exported, tmp_path, change)
+    proc = subprocess.run([sys.executable, "-m", "vicuna_jax.lora", f"--adapter={out}", f"--base={base_dir}",
+                           f"--out={tmp_path / 'export'}", "--merge"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0] == proc.stderr.strip().splitlines()[-1], proc.stderr[-3000:]
+    assert out in lines[0] and re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("damage", ["nan", "scaled_1e30"])
+def test_a_lora_checkpoint_with_damaged_adapters_is_refused(tmp_path, damage):
+    """Our own checkpoint format (a LoRA run's checkpoints/<step>) is checked like a PEFT directory."""
+    import orbax.checkpoint as ocp
+
+    from vicuna_jax.checkpoint import CONFIG_ITEM, LORA_ITEM, PARAMS_ITEM, _checkpointer
+    from vicuna_jax.cli import UserError
+    from vicuna_jax.lora.inference import read_adapter
+
+    adapters = random_adapters(LORA)
+    node = adapters["layers"]["mlp"]["up_proj"]
+    if damage == "nan":
+        node["lora_b"][1, 2, 3] = np.nan
+    else:
+        node["lora_a"] *= np.float32(1e30)
+    params = random_params(0)
+    record = BaseModel(params, "base", fingerprint(params)).record(LORA)
+    step = str(tmp_path / "run" / "checkpoints" / "10")
+    _checkpointer().save(step, ocp.args.Composite(**{
+        PARAMS_ITEM: ocp.args.StandardSave(adapters), CONFIG_ITEM: ocp.args.JsonSave(tiny_cfg().to_dict()),
+        LORA_ITEM: ocp.args.JsonSave(record)}))
+    message = ("tensor 'up_proj/lora_b' holds 1 NaN/Inf value \\(first at \\[1, 2, 3\\]\\)" if damage == "nan"
+               else "the update scale\\*A@B of up_proj in layer 0 reaches")
+    with pytest.raises(UserError, match=f"{step}: {message}"):
+        read_adapter(str(tmp_path / "run"), tiny_cfg())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_adapter_files_follow_the_umask(tmp_path, umask):
+    """safetensors itself creates files 0600 whatever the umask; an adapter directory follows it."""
+    old = os.umask(umask)
+    try:
+        out = save_peft(random_adapters(LORA), LORA, tiny_cfg(), str(tmp_path / "adapter"), base_model="base")
+    finally:
+        os.umask(old)
+    modes = {n: os.stat(os.path.join(out, n)).st_mode & 0o777 for n in os.listdir(out)}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

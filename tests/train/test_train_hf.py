@@ -41,6 +41,29 @@ def test_init_from_hf_then_export_round_trips(prepared, hf_base, tmp_path):
     exported = transformers.LlamaForCausalLM.from_pretrained(summary["hf_dir"], dtype=torch.float32)
     tokens = np.random.RandomState(0).randint(0, 4096, (1, 40))
     np.testing.assert_allclose(hf_logits(exported, tokens), hf_logits(hf_model, tokens), atol=1e-5)
+    umask = os.umask(0)
+    os.umask(umask)
+    out = summary["hf_dir"]
+    modes = {n: os.stat(os.path.join(out, n)).st_mode & 0o777 for n in os.listdir(out)
+             if os.path.isfile(os.path.join(out, n))}
+    assert set(modes.values()) == {0o666 & ~umask}, modes  # the safetensors shards too (safetensors: 0600)
+
+
+def test_init_from_hf_with_a_nan_weight_is_refused_before_training(prepared, hf_base, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from vicuna_jax.convert import ConvertError
+
+    hf_dir = str(tmp_path / "nan_base")
+    shutil.copytree(hf_base[1], hf_dir)
+    (shard,) = [os.path.join(hf_dir, n) for n in os.listdir(hf_dir) if n.endswith(".safetensors")]
+    tensors = load_file(shard)
+    tensors["model.layers.1.self_attn.v_proj.weight"][4, 2] = np.nan
+    save_file(tensors, shard, metadata={"format": "pt"})
+    name = "model.layers.1.self_attn.v_proj.weight"
+    with pytest.raises(ConvertError, match=f"{shard}: tensor '{name}' holds 1 NaN/Inf value"):
+        _run(prepared, str(tmp_path / "w"), hf_dir)
+    assert not os.path.isdir(tmp_path / "w" / "checkpoints") or not os.listdir(tmp_path / "w" / "checkpoints")
 
 
 def test_trained_export_matches_checkpoint_and_chat_template(prepared, hf_base, tmp_path):

@@ -85,6 +85,8 @@ def parse_targets(value: Any, where: str = "config.lora.target_modules") -> tupl
     names the projection (PEFT matches a name by its suffix)."""
     if value in ("all", "all-linear"):
         return tuple(TARGETS)
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"{where}: expected module names, got {value!r}")
     items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
     names = []
     for item in items:
@@ -169,8 +171,13 @@ def read_adapter_config(directory: str, where: str = "--adapter") -> dict[str, A
     if data.get("peft_type") != "LORA":
         raise ConfigError(f"{path}: peft_type is {data.get('peft_type')!r}; only LORA adapters are supported")
     for key, kind in (("r", int), ("lora_alpha", (int, float))):
-        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool) or data[key] <= 0:
-            raise ConfigError(f"{path}: {key} must be a positive number, got {data.get(key)!r}")
+        value = data.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{path}: {key} must be a positive number, got {json.dumps(value)}")
+    dropout = data.setdefault("lora_dropout", 0.0) or 0.0
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"{path}: lora_dropout must be a number in [0, 1), got {json.dumps(dropout)}")
+    data["lora_dropout"] = float(dropout)
     unsupported = {"use_dora": True, "bias": lambda v: v not in (None, "none"),
                    "modules_to_save": lambda v: bool(v), "rank_pattern": lambda v: bool(v),
                    "alpha_pattern": lambda v: bool(v), "layers_to_transform": lambda v: v is not None,

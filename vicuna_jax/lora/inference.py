@@ -93,6 +93,10 @@ def _read_checkpoint(step_dir: str, cfg: LlamaConfig):
 
 
 def check_shapes(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, where: str) -> None:
+    """Refuses adapters of the wrong shapes, holding NaN/Inf, or whose update overflows (`check_update`)."""
+    from vicuna_jax.convert import nonfinite_message
+    from vicuna_jax.lora.peft import check_update
+
     for module in lora.target_modules:
         group, _ = TARGETS[module]
         try:
@@ -105,6 +109,9 @@ def check_shapes(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, w
             if tuple(np.shape(node[name])) != want:
                 raise UserError(f"{where}: {module}/{name} has shape {tuple(np.shape(node[name]))}, the base "
                                 f"model implies {want}")
+            if damaged := nonfinite_message(node[name], f"{module}/{name}"):
+                raise UserError(f"{where}: {damaged}; the checkpoint is damaged")
+        check_update(node["lora_a"], node["lora_b"], lora, module, where)
 
 
 def read_checked_adapter(cfg: LlamaConfig, params: dict[str, Any], adapter: str, base_path: str

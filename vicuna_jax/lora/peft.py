@@ -19,8 +19,9 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax.cli import UserError
+from vicuna_jax.convert import nonfinite_message
 from vicuna_jax.data.chat_format import ChatFormat
-from vicuna_jax.fileio import resolve_output_dir, writing_dir
+from vicuna_jax.fileio import current_umask, resolve_output_dir, writing_dir
 from vicuna_jax.lora.config import TARGETS, LoRAConfig, projection_shape, read_adapter_config
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
@@ -29,6 +30,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RECORD_KEY = "vicuna_jax_lora"  # safetensors metadata: our JSON record of the base and settings
 _PREFIX = "base_model.model.model.layers"
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+# Past this, the next RMSNorm's mean of squares overflows float32 for any input, so every output is NaN.
+UPDATE_LIMIT = float(np.sqrt(np.finfo(np.float32).max))  # about 1.8e19
 
 
 class AdapterError(UserError):
@@ -79,6 +82,7 @@ def save_peft(adapters: dict[str, Any], lora: LoRAConfig, cfg: LlamaConfig, out_
         metadata[RECORD_KEY] = json.dumps(record, sort_keys=True)
     with writing_dir(out_dir) as tmp:
         save_file(dict(sorted(tensors.items())), os.path.join(tmp, ADAPTER_WEIGHTS), metadata=metadata)
+        os.chmod(os.path.join(tmp, ADAPTER_WEIGHTS), 0o666 & ~current_umask())  # safetensors makes it 0600
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
             json.dump(adapter_config(lora, base_model), f, indent=2)
         if chat_format is not None:
@@ -95,7 +99,7 @@ def load_peft(directory: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, A
     except ConfigError as e:
         raise AdapterError(str(e)) from None
     lora = LoRAConfig(rank=config["r"], alpha=float(config["lora_alpha"]),
-                      dropout=float(config.get("lora_dropout") or 0.0), target_modules=config["targets"],
+                      dropout=float(config["lora_dropout"]), target_modules=config["targets"],
                       use_rslora=config["use_rslora"], base_dtype="float32")
     path, tensors, metadata = _read_tensors(directory)
     adapters: dict[str, Any] = {"layers": {}}
@@ -117,7 +121,10 @@ def load_peft(directory: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, A
                 if tuple(tensor.shape) != want:
                     raise AdapterError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the base "
                                        f"model and r={r} imply {want}")
+                if damaged := nonfinite_message(tensor, name):
+                    raise AdapterError(f"{path}: {damaged}; the adapter is damaged")
                 target[i] = np.asarray(tensor, np.float32).T
+        check_update(a, b, lora, module, path)
         adapters["layers"].setdefault(group, {})[module] = {"lora_a": a, "lora_b": b}
     unexpected = sorted(k for k in tensors if _canonical(k) not in expected)
     if unexpected:
@@ -130,6 +137,24 @@ def load_peft(directory: str, cfg: LlamaConfig) -> tuple[LoRAConfig, dict[str, A
         except json.JSONDecodeError:
             raise AdapterError(f"{path}: metadata {RECORD_KEY!r} is not JSON") from None
     return lora, adapters, record
+
+
+def check_update(a_LxIxR: Any, b_LxRxO: Any, lora: LoRAConfig, module: str, where: str) -> None:
+    """Refuses finite adapters whose update scale * A B reaches UPDATE_LIMIT in some layer (an adapter
+    scaled by 1e30, or lora_alpha=1e30): a bound from the norms of A's rows and B's columns per layer (cheap),
+    and the exact product only for a layer whose bound is past the limit."""
+    for layer in range(np.shape(a_LxIxR)[0]):
+        a, b = np.asarray(a_LxIxR[layer], np.float64), np.asarray(b_LxRxO[layer], np.float64)
+        a_rows, b_cols = (a * a).sum(1).max(initial=0), (b * b).sum(0).max(initial=0)
+        bound = abs(lora.scale) * np.sqrt(a_rows) * np.sqrt(b_cols)  # Cauchy-Schwarz per entry of A @ B
+        if bound < UPDATE_LIMIT:
+            continue
+        peak = abs(lora.scale) * float(np.abs(a @ b).max())
+        if not peak < UPDATE_LIMIT:
+            raise AdapterError(
+                f"{where}: the update scale*A@B of {module} in layer {layer} reaches {peak:.3g} (scale "
+                f"{lora.scale:.3g} from lora_alpha {lora.alpha:g}, r {lora.rank}); past {UPDATE_LIMIT:.2g} "
+                "every output overflows to NaN: the adapter is damaged or mis-scaled")
 
 
 def _canonical(name: str) -> str:
@@ -164,6 +189,13 @@ def _read_tensors(directory: str) -> tuple[str, dict[str, np.ndarray], dict[str,
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise AdapterError(f"cannot read {path}: {e}") from None
+    if not isinstance(state, dict):
+        raise AdapterError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = f"{value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise AdapterError(f"{path}: entry {key!r} is a {kind}, not a floating-point tensor (expected a "
+                               "state dict of named tensors)")
     return path, {k: v.float().numpy() for k, v in state.items()}, None
 
 

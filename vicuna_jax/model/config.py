@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -155,6 +156,11 @@ class LlamaConfig:
                               f"{json.dumps(hf)[:40]}")
         model_type = hf.get("model_type", "llama")
         archs = hf.get("architectures") or [HF_CLASSES.get(model_type, "LlamaForCausalLM")]
+        if not isinstance(model_type, str):
+            raise ConfigError(f"{source}: model_type must be a string, got {json.dumps(model_type)}")
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ConfigError(f"{source}: architectures must be a list of class names, got "
+                              f"{json.dumps(archs)}")
         if model_type not in HF_CLASSES or archs[0] != HF_CLASSES[model_type]:
             supported = ", ".join(f"{k}/{v}" for k, v in HF_CLASSES.items())
             raise ConfigError(
@@ -167,40 +173,49 @@ class LlamaConfig:
             if key in hf and hf[key] != ok:
                 raise ConfigError(f"{source}: unsupported {key}={hf[key]!r} (expected {ok!r})")
         rope = _rope_from_hf(hf, source)
-
-        def need(key: str) -> Any:
-            if key not in hf:
-                raise ConfigError(f"{source}: missing required key {key!r}")
-            return hf[key]
-
-        num_heads = need("num_attention_heads")
-        head_dim = hf.get("head_dim")
-        if head_dim is not None and head_dim * num_heads == need("hidden_size"):
+        sizes = {key: _hf_int(hf, key, source) for key in ("vocab_size", "hidden_size", "intermediate_size",
+                                                            "num_hidden_layers", "num_attention_heads")}
+        num_heads = sizes["num_attention_heads"]
+        num_kv_heads = _hf_int(hf, "num_key_value_heads", source, None, nullable=True) or num_heads
+        if num_heads % num_kv_heads:
+            raise ConfigError(f"{source}: num_attention_heads ({num_heads}) must be a multiple of "
+                              f"num_key_value_heads ({num_kv_heads})")
+        head_dim = _hf_int(hf, "head_dim", source, None, nullable=True)
+        if head_dim is not None and head_dim * num_heads == sizes["hidden_size"]:
             head_dim = None  # the default; keeps configs from different sources equal
         eos = hf.get("eos_token_id", 2 if model_type == "llama" else None)
-        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
-        if not eos or eos[0] is None:
+        if eos is None or eos == []:
             raise ConfigError(f"{source}: eos_token_id is missing or null; set it to the end-of-text id")
-        bos = hf.get("bos_token_id", 1 if model_type == "llama" else None)
-        return cls(
-            architecture=model_type,
-            vocab_size=need("vocab_size"),
-            hidden_size=need("hidden_size"),
-            intermediate_size=need("intermediate_size"),
-            num_layers=need("num_hidden_layers"),
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=head_dim,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            **rope,
-            sliding_window=_sliding_window_from_hf(hf, model_type, source),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=bos,
-            eos_token_id=int(eos[0]),
-            extra_eos_token_ids=tuple(int(i) for i in eos[1:]),
-            pad_token_id=hf.get("pad_token_id"),
-        )
+        eos = eos if isinstance(eos, list) else [eos]
+        if not all(_is_int(i) and i >= 0 for i in eos):
+            raise ConfigError(f"{source}: eos_token_id must be a token id (a non-negative integer) or a list "
+                              f"of them, got {json.dumps(hf['eos_token_id'])}")
+        tie = hf.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise ConfigError(f"{source}: tie_word_embeddings must be true or false, got {json.dumps(tie)}")
+        try:
+            return cls(
+                architecture=model_type,
+                vocab_size=sizes["vocab_size"],
+                hidden_size=sizes["hidden_size"],
+                intermediate_size=sizes["intermediate_size"],
+                num_layers=sizes["num_hidden_layers"],
+                num_heads=num_heads,
+                num_kv_heads=num_kv_heads,
+                head_dim=head_dim,
+                max_position_embeddings=_hf_int(hf, "max_position_embeddings", source, 2048),
+                **rope,
+                sliding_window=_sliding_window_from_hf(hf, model_type, source),
+                rms_norm_eps=_hf_number(hf, "rms_norm_eps", source, 1e-6),
+                tie_word_embeddings=tie,
+                bos_token_id=_hf_int(hf, "bos_token_id", source, 1 if model_type == "llama" else None,
+                                     minimum=0, nullable=True),
+                eos_token_id=eos[0],
+                extra_eos_token_ids=tuple(eos[1:]),
+                pad_token_id=_hf_int(hf, "pad_token_id", source, None, minimum=None, nullable=True),
+            )
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     def to_hf_config(self, torch_dtype: str = "float32") -> dict[str, Any]:
         """The HF `config.json` dict of `architecture`; carries both transformers-5 and older rope keys."""
@@ -276,36 +291,69 @@ _LLAMA3_ROPE_KEYS = {"low_freq_factor": "rope_low_freq_factor", "high_freq_facto
 
 def _rope_from_hf(hf: dict[str, Any], source: str) -> dict[str, Any]:
     """LlamaConfig rope fields from transformers-5 `rope_parameters` and/or the legacy keys (which agree)."""
+    for key in ("rope_parameters", "rope_scaling"):
+        if hf.get(key) and not isinstance(hf[key], dict):
+            raise ConfigError(f"{source}: {key} must be an object, got {json.dumps(hf[key])}")
     readings = []
     if hf.get("rope_parameters"):
         p = hf["rope_parameters"]
-        readings.append(("rope_parameters", p.get("rope_theta", hf.get("rope_theta", 10000.0)), p))
+        theta = _hf_number(p, "rope_theta", f"{source}: rope_parameters", hf.get("rope_theta", 10000.0))
+        readings.append(("rope_parameters", theta, p))
     if "rope_theta" in hf or hf.get("rope_scaling"):
         legacy = hf.get("rope_scaling") or {}
-        readings.append(("rope_theta/rope_scaling", hf.get("rope_theta", 10000.0), legacy))
+        readings.append(("rope_theta/rope_scaling", _hf_number(hf, "rope_theta", source, 10000.0), legacy))
     if not readings:
         readings.append(("defaults", 10000.0, {}))
     normal = set()
     for key, theta, p in readings:
-        if not isinstance(p, dict):
-            raise ConfigError(f"{source}: {key} must be an object, got {p!r}")
         kind = p.get("rope_type") or p.get("type") or "default"
         if kind not in ROPE_TYPES:
             raise ConfigError(f"{source}: unsupported rope scaling type {kind!r} in {key} "
                               f"(supported: none/default, linear, llama3)")
-        fields: dict[str, Any] = {"rope_theta": float(theta), "rope_type": kind}
+        fields: dict[str, Any] = {"rope_theta": theta, "rope_type": kind}
+        where = f"{source}: {key}"
         if kind != "default":
-            fields["rope_scaling_factor"] = float(p.get("factor", 1.0))
+            fields["rope_scaling_factor"] = _hf_number(p, "factor", where, 1.0)
         if kind == "llama3":
             for hf_key, field in _LLAMA3_ROPE_KEYS.items():
                 if hf_key not in p:
                     raise ConfigError(f"{source}: {key} of type 'llama3' needs {hf_key!r}")
-                fields[field] = type(getattr(LlamaConfig, field))(p[hf_key])
+                is_int = isinstance(getattr(LlamaConfig, field), int)
+                fields[field] = _hf_int(p, hf_key, where) if is_int else _hf_number(p, hf_key, where, None)
         normal.add(tuple(sorted(fields.items())))
     if len(normal) > 1:
         raise ConfigError(f"{source}: rope_parameters and rope_theta/rope_scaling disagree: "
                           f"{[(k, t, p) for k, t, p in readings]}")
     return dict(normal.pop())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_MISSING = object()
+
+
+def _hf_int(hf: dict[str, Any], key: str, source: str, default: Any = _MISSING, *, minimum: int | None = 1,
+            nullable: bool = False) -> Any:
+    """hf[key] (or `default`) checked to be an integer >= `minimum` (None: any), or null when `nullable`."""
+    value = hf.get(key, default)
+    if value is _MISSING:
+        raise ConfigError(f"{source}: missing required key {key!r}")
+    if (value is None and nullable) or (_is_int(value) and (minimum is None or value >= minimum)):
+        return value
+    what = {1: "a positive integer", 0: "a non-negative integer", None: "an integer"}[minimum]
+    raise ConfigError(f"{source}: {key} must be {what}{' or null' if nullable else ''}, got "
+                      f"{json.dumps(value)}")
+
+
+def _hf_number(hf: dict[str, Any], key: str, source: str, default: Any) -> float:
+    """hf[key] (or `default`) checked to be a finite positive number."""
+    value = hf.get(key, default)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{source}: {key} must be a positive number, got {json.dumps(value)}")
+    return float(value)
 
 
 def _sliding_window_from_hf(hf: dict[str, Any], model_type: str, source: str) -> int | None:
@@ -318,8 +366,11 @@ def _sliding_window_from_hf(hf: dict[str, Any], model_type: str, source: str) ->
     layers = hf.get("num_hidden_layers", 0)
     layer_types = hf.get("layer_types")
     if layer_types is None:
-        first_sliding = hf.get("max_window_layers", layers) if model_type != "mistral" else 0
+        first_sliding = (_hf_int(hf, "max_window_layers", source, layers, minimum=0)
+                         if model_type != "mistral" else 0)
         layer_types = ["sliding_attention" if i >= first_sliding else "full_attention" for i in range(layers)]
+    if not isinstance(layer_types, list) or not all(isinstance(t, str) for t in layer_types):
+        raise ConfigError(f"{source}: layer_types must be a list of strings, got {json.dumps(layer_types)}")
     kinds = set(layer_types) if window is not None else {"full_attention"}
     if kinds - {"full_attention", "sliding_attention"}:
         raise ConfigError(f"{source}: unsupported layer_types {sorted(kinds)}")
@@ -328,9 +379,7 @@ def _sliding_window_from_hf(hf: dict[str, Any], model_type: str, source: str) ->
                           "window and others full attention; only one kind for all layers is supported")
     if kinds == {"full_attention"}:
         return None
-    if not isinstance(window, int) or window <= 0:
-        raise ConfigError(f"{source}: sliding_window must be a positive integer, got {window!r}")
-    return window
+    return _hf_int(hf, "sliding_window", source)
 
 
 _LLAMA1 = dict(vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6)
