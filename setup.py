@@ -54,7 +54,7 @@ setup(
     version="0.1.0",
     description="Vicuna chatbot training (LLaMA + ShareGPT) in JAX/Flax NNX",
     packages=find_packages(include=["vicuna_jax", "vicuna_jax.*"]),
-    package_data={"vicuna_jax": ["assets/*", "eval/prompts/*", "serve_static/*"]},
+    package_data={"vicuna_jax": ["assets/*", "assets/tokenizers/*/*", "eval/prompts/*", "serve_static/*"]},
     python_requires=">=3.11",
     install_requires=RUNTIME,
     extras_require=EXTRAS,
