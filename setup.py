@@ -34,10 +34,14 @@ RUNTIME = [
     "uvicorn>=0.54",
 ]
 
+# Hugging Face interop: loading an export in transformers, PEFT adapters. torch 2.13.0 resolves to the CPU
+# wheel on the project machines (the parity tests are checked against it).
+HF = ["transformers>=5.0", "torch==2.13.0", "peft>=0.21.2", "safetensors>=0.4"]
+
 EXTRAS = {
-    # Parity tests against Hugging Face. torch 2.13.0 resolves to the CPU wheel on the project machines.
-    "test": ["pytest>=8.0", "torch==2.13.0", "transformers>=5.0", "langid>=1.1.6", "ruff>=0.6",
-             "selenium>=4.51", "peft>=0.21.2"],
+    "hf": HF,
+    # Parity tests against Hugging Face.
+    "test": ["pytest>=8.0", *HF, "langid>=1.1.6", "ruff>=0.6", "selenium>=4.51"],
     "gpu": ["jax[cuda13]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
     # The TPU compiler on a host without a TPU (planner --topology, tests/train/test_tpu_aot.py): libtpu must
@@ -54,7 +58,7 @@ setup(
     version="0.1.0",
     description="Vicuna chatbot training (LLaMA + ShareGPT) in JAX/Flax NNX",
     packages=find_packages(include=["vicuna_jax", "vicuna_jax.*"]),
-    package_data={"vicuna_jax": ["assets/*", "eval/prompts/*", "serve_static/*"]},
+    package_data={"vicuna_jax": ["assets/*", "assets/tokenizers/*/*", "eval/prompts/*", "serve_static/*"]},
     python_requires=">=3.11",
     install_requires=RUNTIME,
     extras_require=EXTRAS,

@@ -1,6 +1,9 @@
 """CPU demo: a ~5M-parameter LLaMA trained from scratch on the bundled sample conversations.
 
     python -m vicuna_jax.train --config=configs/tiny.py --workdir=/tmp/vicuna_tiny
+
+It learns the chat format, not language: what it says afterwards is gibberish, by design. Coherent replies
+need a pretrained base (--config.init_from_hf; see the README's first section for sizes and times).
 """
 
 from vicuna_jax.train.config import base_config

@@ -55,6 +55,14 @@ class VicunaChat(tfds.core.GeneratorBasedBuilder):
     def _get_name(cls) -> str:  # a stable dataset name, independent of the class name
         return BUILDER_NAME
 
+    # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and prepared"; a
+    # local build downloads nothing, so say what happens instead.
+    def _log_download_bytes(self) -> None:
+        print(f"prepare: writing the prepared dataset to {self.data_dir} (nothing is downloaded)", flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"prepare: wrote {self.data_dir}", flush=True)
+
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,

@@ -307,3 +307,21 @@ def copy_tokenizer(path: str, directory: str, chat_template: str | None = None) 
 def bundled_tokenizer_path() -> str:
     """Path of the small demo tokenizer trained on the bundled sample (see scripts/train_tokenizer.py)."""
     return os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tokenizer.model")
+
+
+BUNDLED_FAMILIES = ("llama3", "qwen3", "mistral")
+
+
+def bundled_family_tokenizer_path(family: str) -> str:
+    """Directory of a model family's small bundled tokenizer.json (its real special tokens and chat template,
+    a BPE trained on the bundled sample: scripts/make_family_tokenizers.py); configs/tiny_<family>.py train
+    with it."""
+    if family not in BUNDLED_FAMILIES:
+        raise ValueError(f"no bundled tokenizer for {family!r}; bundled: {', '.join(BUNDLED_FAMILIES)}")
+    return os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tokenizers", family)
+
+
+def is_bundled_family_tokenizer(path: str) -> bool:
+    """Whether `path` is (inside) one of the bundled family tokenizers' directories."""
+    root = os.path.realpath(os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tokenizers"))
+    return os.path.realpath(path).startswith(root + os.sep)

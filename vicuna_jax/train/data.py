@@ -13,14 +13,15 @@ from vicuna_jax.cli import UserError
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
 from vicuna_jax.data.store import META_FILE, PreparedDataset
-from vicuna_jax.data.tokenizer import bundled_tokenizer_path, find_tokenizer_in
+from vicuna_jax.data.tokenizer import bundled_tokenizer_path, find_tokenizer_in, is_bundled_family_tokenizer
 from vicuna_jax.train.config import BUNDLED_DATA, TrainConfig
 
 
 def resolve_tokenizer(cfg: TrainConfig) -> str:
     """`tokenizer` when set; else the HF model's own tokenizer (tokenizer.json, else tokenizer.model); else
-    the bundled demo tokenizer."""
-    if cfg.tokenizer:
+    the bundled demo tokenizer. A bundled family tokenizer (what configs/tiny_<family>.py set for training
+    from scratch) gives way to `init_from_hf`'s own: a model is never trained with another model's ids."""
+    if cfg.tokenizer and not (cfg.init_from_hf and is_bundled_family_tokenizer(cfg.tokenizer)):
         return cfg.tokenizer
     if cfg.init_from_hf:
         path = find_tokenizer_in(os.path.abspath(cfg.init_from_hf))
