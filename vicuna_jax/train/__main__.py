@@ -35,4 +35,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    run(main, _define_flags)
+    from vicuna_jax.train.config import HELP
+
+    run(main, _define_flags, config_help=HELP)
