@@ -1,23 +1,26 @@
 """The trainer's command line for a person: `--help` lists every config key (type, default, meaning) and
-exits 0, and a mistyped key gets the full dotted path it probably meant."""
+exits 0, a mistyped key gets the full dotted path it probably meant, and a finished run ends with a short
+summary whose next commands work as printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 from tiny_run import TINY_CONFIG
-from train_utils import REPO, env
+from train_utils import REPO, cli_args, env
 
 TRAIN = [sys.executable, "-m", "vicuna_jax.train"]
 
 
-def _run(args: list[str], timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+def _run(args: list[str], timeout: int = 300, cwd: str = REPO, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=env(), timeout=timeout, check=False,
-                          cwd=REPO, **kwargs)
+                          cwd=cwd, **kwargs)
 
 
 def _key_line(text: str, key: str) -> str:
@@ -78,3 +81,67 @@ def test_a_mistyped_key_suggests_the_full_dotted_path(tmp_path, override, meant)
     assert lines[0].startswith(f"error: --config.{override}: no such config key"), lines[0]
     assert f"did you mean --config.{meant}" in lines[0], lines[0]
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_finished_run_prints_a_summary_with_working_next_commands(prepared, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = _run(cli_args(prepared, workdir, total_steps=4, eval_every=2, export_hf_at_end=True))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert not any(line.lstrip().startswith("{") for line in out.splitlines()), out  # no JSON dump
+    assert "param_shardings" not in out and len(out) < 2500, out
+
+    # The JSON summary is kept in the workdir, with what tests and scripts read from it.
+    summary = json.loads(open(os.path.join(workdir, "run_summary.json")).read())
+    assert summary["final_step"] == 4 and "embed_tokens" in summary["param_shardings"]
+    assert summary["tokens"] > 0 and summary["seconds"] > 0
+    assert f"{summary['loss']:.4f}" in out and f"{summary['eval_loss']:.4f}" in out
+    assert f"{summary['first_loss']:.4f}" in out
+    assert re.search(r"\b4 steps\b", out) and f"{summary['tokens']:,}" in out
+    checkpoint = os.path.join(workdir, "checkpoints", "4")
+    hf_dir = os.path.join(workdir, "hf")
+    assert checkpoint in out and os.path.isdir(checkpoint)
+    assert hf_dir in out and os.path.isfile(os.path.join(hf_dir, "config.json"))
+    assert os.path.join(workdir, "run_summary.json") in out
+
+    # The loss curve is drawn into the workdir; the metrics file and how to view TensorBoard are named.
+    png = os.path.join(workdir, "loss.png")
+    assert png in out and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.join(workdir, "metrics.jsonl") in out
+    assert "pip install tensorboard" in out and os.path.join(workdir, "tensorboard") in out
+
+    commands = {}
+    for line in out.splitlines():
+        if line.strip().startswith("python -m vicuna_jax."):
+            command = line.strip().split("  #")[0]
+            commands[shlex.split(command)[2]] = command
+    assert set(commands) >= {"vicuna_jax.chat", "vicuna_jax.generate", "vicuna_jax.serve",
+                             "vicuna_jax.eval.answers", "vicuna_jax.eval.judge"}, out
+
+    def run_printed(name: str, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+        args = shlex.split(commands[name])
+        return _run([sys.executable, *args[1:], *extra], timeout=300, **kwargs)
+
+    # The printed commands run as printed (plus a short reply, to keep the test quick).
+    generated = run_printed("vicuna_jax.generate", "--max_new_tokens=4")
+    assert generated.returncode == 0 and generated.stdout, generated.stderr[-3000:]  # a tiny model's 4 tokens
+    chatted = run_printed("vicuna_jax.chat", "--max_new_tokens=4", input="Hello\n/exit\n")
+    assert chatted.returncode == 0 and "Traceback" not in chatted.stderr, chatted.stderr[-3000:]
+    answers = run_printed("vicuna_jax.eval.answers", "--first_n=1", "--max_new_tokens=4", cwd=str(tmp_path))
+    assert answers.returncode == 0, answers.stderr[-3000:]
+    answer_file = shlex.split(commands["vicuna_jax.eval.answers"])
+    answer_file = next(a.split("=", 1)[1] for a in answer_file if a.startswith("--answer_file="))
+    assert os.path.isfile(os.path.join(str(tmp_path), answer_file))
+    judge = shlex.split(commands["vicuna_jax.eval.judge"])
+    question_file = next(a.split("=", 1)[1] for a in judge if a.startswith("--question_file="))
+    assert os.path.isfile(question_file)
+    assert any(a == f"--answer_files={answer_file}" for a in judge), judge
+
+    # Rerunning the finished run says so (train() returns only the step counts then), and points at the
+    # same places; its run_summary.json stays the one of the training run.
+    from vicuna_jax.train.summary import finish
+
+    again = finish(workdir, {"start_step": 4, "total_steps": 4, "final_step": 4, "already_complete": True,
+                             "hf_dir": hf_dir})
+    assert "already complete" in again and hf_dir in again and f"{summary['loss']:.4f}" in again
+    assert json.loads(open(os.path.join(workdir, "run_summary.json")).read()) == summary
