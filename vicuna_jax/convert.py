@@ -24,9 +24,10 @@ import ml_dtypes
 import numpy as np
 
 from vicuna_jax import checkpoint
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, check_name
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.template import known_template_names
 from vicuna_jax.data.tokenizer import find_tokenizer_in
 from vicuna_jax.fileio import current_umask, resolve_output_dir, writing_dir
 from vicuna_jax.model.config import ConfigError, LlamaConfig
@@ -485,14 +486,15 @@ def _define_flags() -> None:
     flags.DEFINE_string("from_checkpoint", None,
                         "vicuna_jax checkpoint: a converted model, a step dir, or a training workdir.")
     flags.DEFINE_string("to_hf", None, "Output Hugging Face directory (with --from_checkpoint).")
-    flags.DEFINE_string("dtype", None, "Stored dtype: auto (import default), bfloat16 (export default), "
-                        "float16, float32.")
+    flags.DEFINE_enum("dtype", None, ["auto", *DTYPES], "Stored dtype: auto (import default), bfloat16 "
+                      "(export default), float16, float32.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, tokenizer.json or a directory with one.")
     flags.DEFINE_string("template", "auto", "Chat template written with the model. auto: the one the model "
                         "records, else the tokenizer's own, else vicuna_v1.1; or a named template / hf (the "
                         "tokenizer's own), which must agree with a recorded one.")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+    check_name("template", known_template_names(), "chat template")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, check_name
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_format import ChatFormat
+from vicuna_jax.data.template import known_template_names
 from vicuna_jax.decoding.batch import DecodeBatch
 from vicuna_jax.decoding.sampling import SamplingParams, per_row, sample_tokens
 from vicuna_jax.decoding.text import TextStream, resolve_eos_ids
-from vicuna_jax.load import load_model
+from vicuna_jax.load import COMPUTE_DTYPES, load_model
 from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import Llama
 
@@ -229,10 +230,12 @@ def main(argv: list[str]) -> None:
     sys.stdout.write("\n")
 
 
-def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, template_help: str) -> None:
+def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, template_help: str,
+                                    extra_templates: tuple[str, ...] = ()) -> None:
     """The flags generate and chat share: which model, which template, how to sample.
 
-    They are registered as the running program's own flags, so its `--help` lists them.
+    They are registered as the running program's own flags, so its `--help` lists them. A misspelt template
+    or dtype fails while the flags are parsed, before the model is loaded.
     """
     from absl import flags
 
@@ -252,13 +255,15 @@ def define_model_and_sampling_flags(max_new_tokens: int, temperature: float, tem
     flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.", **main)
     flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).", **main)
     flags.DEFINE_integer("seed", 0, "Sampling seed.", **main)
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.", **main)
+    flags.DEFINE_enum("dtype", "float32", COMPUTE_DTYPES, "Compute dtype.", **main)
+    check_name("template", [*known_template_names(), *extra_templates], "chat template")
 
 
 def _define_flags() -> None:
     from absl import flags
 
-    define_model_and_sampling_flags(256, 0.0, "Chat template, or 'none' for raw text.")
+    define_model_and_sampling_flags(256, 0.0, "Chat template, or 'none' for raw text.",
+                                    extra_templates=(RAW,))
     flags.DEFINE_string("prompt", None, "The user message.", required=True)
     flags.DEFINE_multi_string("stop", None, "Extra stop string (repeatable).")
 

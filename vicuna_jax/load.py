@@ -21,6 +21,8 @@ from vicuna_jax.lora import inference as lora_inference
 from vicuna_jax.model.config import LlamaConfig
 from vicuna_jax.model.llama import Llama, model_from_params
 
+COMPUTE_DTYPES = ("float32", "bfloat16")  # the --dtype of generate, chat, serve and eval.answers
+
 
 def load_model(path: str, *, tokenizer: str | None = None, adapter: str | None = None,
                template: str | None = chat_format.AUTO, flag: str = "--template",

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vicuna_jax.cli import UserError, unknown_name
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
@@ -170,13 +172,19 @@ def opt_state_shardings(tx: Any, abstract_opt_state: Any, params_shardings: Any,
 # ------------------------------------------------------------------ several processes (multi-host)
 
 
-def maybe_initialize_distributed(mode: str) -> None:
+DISTRIBUTED_MODES = ("auto", "on", "off")
+
+
+def maybe_initialize_distributed(mode: str, key: str = "config.distributed") -> None:
     """`jax.distributed.initialize()` for multi-host runs: TPU pods and SLURM are detected by JAX itself;
-    otherwise JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID name the cluster."""
+    otherwise JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID name the cluster. `key` names the
+    setting in errors."""
     import os
 
     from absl import logging
 
+    if mode not in DISTRIBUTED_MODES:
+        raise UserError(f"{key}: {unknown_name('value', mode, DISTRIBUTED_MODES)}")
     env = os.environ
     explicit = "JAX_COORDINATOR_ADDRESS" in env
     detected = explicit or int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env \
@@ -192,7 +200,12 @@ def maybe_initialize_distributed(mode: str) -> None:
                                    num_processes=int(env["JAX_NUM_PROCESSES"]),
                                    process_id=int(env["JAX_PROCESS_ID"]))
     else:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # `on` without a cluster JAX can detect
+            raise UserError(f"{key}={mode}: jax.distributed.initialize() found no cluster ({e}); set "
+                            "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or use "
+                            "auto") from None
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 

@@ -56,7 +56,7 @@ def test_user_mistakes_on_the_command_line_are_one_error_line(prepared, tmp_path
         (cli_args(prepared, str(a_file)), "is not a directory"),
         ([sys.executable, "-m", "vicuna_jax.train", "--config=configs/nope.py", f"--workdir={tmp_path}/w"],
          "No such file"),
-        (cli_args(prepared, str(tmp_path / "w2"), seqlen=128), 'Did you mean "seq_len"'),
+        (cli_args(prepared, str(tmp_path / "w2"), seqlen=128), "did you mean --config.seq_len?"),
         (cli_args(prepared, str(tmp_path / "w3"), seq_len="many"), "--config.seq_len"),
     ]
     for args, expected in cases:

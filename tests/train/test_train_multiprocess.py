@@ -40,7 +40,8 @@ def test_two_processes_agree_with_one(prepared, tmp_path):
     for step in one:
         assert abs(one[step] - two[step]) / one[step] < 1e-5, (step, one[step], two[step])
     # Only process 0 logs and exports; both wrote their shards of the same checkpoints.
-    assert '"final_step"' in outs[0][0] and '"final_step"' not in outs[1][0]
+    assert "Trained 4 steps" in outs[0][0] and "Trained" not in outs[1][0]  # the end-of-run summary
+    assert os.path.isfile(os.path.join(multi, "run_summary.json"))
     assert os.path.isfile(os.path.join(multi, "hf", "config.json"))
     assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == sorted(
         os.listdir(os.path.join(single, "checkpoints")))

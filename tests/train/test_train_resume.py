@@ -68,8 +68,9 @@ def test_sigterm_saves_exits_zero_and_resumes(prepared, reference, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(open(os.path.join(workdir, "run_summary.json")).read())
     assert summary["stopped_by"] == "SIGTERM"
+    assert "Stopped by SIGTERM (checkpoint saved): run the same command to resume." in out
     stopped = summary["final_step"]
     assert stopped < STEPS
     latest = ckpt_lib.latest_step_dir(os.path.join(workdir, "checkpoints"))

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 from vicuna_jax.fileio import atomic_write_json, atomic_write_text
 
 # ~1.0B parameters: LLaMA proportions (head dim 128, MLP 8/3 E rounded to 256), LLaMA's vocabulary.
@@ -139,7 +139,12 @@ def main(argv: list[str]) -> None:
     policies = [p for p in f.remat.split(",") if p]
     for b in backends:
         if b not in BACKENDS:
-            raise UserError(f"--attention: unknown backend {b!r}; choose from {BACKENDS}")
+            raise UserError(f"--attention: {unknown_name('backend', b, BACKENDS)}")
+    from vicuna_jax.model.llama import REMAT_POLICIES  # no device is touched: cells run in subprocesses
+
+    for p in policies:
+        if p not in REMAT_POLICIES:
+            raise UserError(f"--remat: {unknown_name('policy', p, REMAT_POLICIES)}")
     rows = []
     for backend in backends:
         for policy in policies:

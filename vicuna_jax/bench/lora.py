@@ -19,7 +19,7 @@ from typing import Any
 from vicuna_jax.bench.report import machine
 from vicuna_jax.bench.sides import BENCH_MODELS
 from vicuna_jax.bench.train import JAX_DEFAULT, TORCH_DEFAULT, run_model
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 from vicuna_jax.fileio import atomic_write_json, atomic_write_text
 from vicuna_jax.lora.config import parse_targets
 
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     models = [m for m in f.models.split(",") if m]
     for m in models:
         if m not in BENCH_MODELS:
-            raise UserError(f"--models: unknown {m!r}; known: {sorted(BENCH_MODELS)}")
+            raise UserError(f"--models: {unknown_name('model', m, sorted(BENCH_MODELS))}")
     targets = parse_targets(f.targets, "--targets")
     names, jax_specs, torch_specs = sides(f.rank, targets, f.dropout, f.xla_flags)
     os.makedirs(f.out, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from vicuna_jax.bench.report import SPEED_NOTES, machine, model_lines, speed_table
 from vicuna_jax.bench.sides import BENCH_MODELS, OPTIMIZER, Worker, worker_env
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 from vicuna_jax.fileio import atomic_write_json, atomic_write_text
 
 # Our best CPU settings, found with this benchmark (see the README's performance section): layers in a Python
@@ -193,13 +193,13 @@ def main(argv: list[str]) -> None:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     sections = [s for s in f.sections.split(",") if s]
-    unknown = set(sections) - {"speed", "packing"}
+    unknown = [s for s in sections if s not in ("speed", "packing")]
     if unknown:
-        raise UserError(f"--sections: unknown {sorted(unknown)}; choose from speed, packing")
+        raise UserError(f"--sections: {unknown_name('section', unknown[0], ('speed', 'packing'))}")
     models = [m for m in f.models.split(",") if m]
     for m in models:
         if m not in BENCH_MODELS:
-            raise UserError(f"--models: unknown {m!r}; known: {sorted(BENCH_MODELS)}")
+            raise UserError(f"--models: {unknown_name('model', m, sorted(BENCH_MODELS))}")
     jax_specs = parse_variants(f.jax, JAX_DEFAULT, JAX_PRESETS)
     torch_specs = parse_variants(f.torch, TORCH_DEFAULT) if f.torch != "none" else []
     os.makedirs(f.out, exist_ok=True)

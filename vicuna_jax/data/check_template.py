@@ -21,14 +21,13 @@ passes, 1 when one fails, 2 for bad input.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
-from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.cli import ArgumentParser, UserError, run_argparse
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_encode import AlignmentError
 from vicuna_jax.data.chat_format import ChatFormat
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from vicuna_jax.data.chat_encode import messages_for
     from vicuna_jax.data.formats import conversation_turns, read_records
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokenizer", required=True, help="HF directory (tokenizer.json) or tokenizer.model")
     ap.add_argument("--template", default="auto", help="auto (what the directory records, else the "
                     "tokenizer's own template, else vicuna_v1.1), hf (the tokenizer's own), or a named one")

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.cli import ArgumentParser, UserError, run_argparse
 from vicuna_jax.data.formats import (
     RawRecord,
     check_input_file,
@@ -441,7 +441,7 @@ def config_from_flags(args: argparse.Namespace) -> CleanConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", required=True, help="ShareGPT JSON/JSONL or OpenAI-messages JSONL")
     ap.add_argument("--output", required=True, help="cleaned JSONL")
     ap.add_argument("--rejects", default=None, help="write rejected records with their reason here (JSONL)")

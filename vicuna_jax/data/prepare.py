@@ -22,7 +22,6 @@ does not depend on the number.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -32,7 +31,7 @@ import sys
 import time
 from collections import Counter
 
-from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.cli import ArgumentParser, UserError, run_argparse
 from vicuna_jax.data import chat_format
 from vicuna_jax.data.chat_encode import AlignmentError
 from vicuna_jax.data.chat_format import ChatFormat
@@ -315,7 +314,7 @@ def _check_only_ours(output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", required=True, help="raw ShareGPT JSON/JSONL (or OpenAI messages JSONL)")
     ap.add_argument("--output_dir", required=True)
     add_encoding_flags(ap)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from vicuna_jax.cli import UserError, run_argparse
+from vicuna_jax.cli import ArgumentParser, UserError, run_argparse
 from vicuna_jax.data.chat_encode import AlignmentError, chat_for
 from vicuna_jax.data.encode import encode_conversation
 from vicuna_jax.data.formats import (
@@ -204,7 +204,7 @@ def add_encoding_flags(ap: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--input", required=True, help="cleaned JSONL (from vicuna_jax.data.clean)")
     ap.add_argument("--output", required=True)
     add_encoding_flags(ap)

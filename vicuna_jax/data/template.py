@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vicuna_jax.cli import unknown_name
 from vicuna_jax.data.chat_template import JINJA_TEMPLATE_NAMES, JinjaTemplate
 
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
@@ -255,10 +256,14 @@ def get_template(name: str | Template | JinjaTemplate) -> Template | JinjaTempla
     try:
         return _TEMPLATES[name]
     except KeyError:
-        known = ", ".join([*template_names(), *JINJA_TEMPLATE_NAMES])
-        raise ValueError(f"unknown chat template {name!r}; known: {known}") from None
+        raise ValueError(unknown_name("chat template", name, known_template_names())) from None
 
 
 def template_names() -> list[str]:
     """The Part-based templates (Jinja ones: `chat_template.JINJA_TEMPLATE_NAMES`)."""
     return sorted(_TEMPLATES)
+
+
+def known_template_names() -> list[str]:
+    """Every name `--template` / `data.template` accepts: auto, hf, the Part-based and the Jinja built-ins."""
+    return [*template_names(), *JINJA_TEMPLATE_NAMES]

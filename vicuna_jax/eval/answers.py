@@ -29,7 +29,7 @@ from typing import Any
 
 from absl import logging
 
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 from vicuna_jax.eval.answerers import (  # noqa: F401 - GeneratorLike is re-exported for callers
     API_SYSTEM_MESSAGE,
     AnswerRequestError,
@@ -135,12 +135,17 @@ def select_questions(config: AnswerConfig) -> list[Question]:
             raise UserError(f"--question_ids not in {config.question_file}: {', '.join(unknown)}")
         wanted = set(config.question_ids)
         questions = [q for q in questions if q.key in wanted]
+    categories = sorted({q.category.lower() for q in questions})
+    unknown = [("--categories", name) for name in config.categories if name.lower() not in categories] + [
+        ("--category_temperatures", name) for name in config.category_temperatures
+        if name.lower() not in categories and name not in CATEGORY_TEMPERATURES]  # MT-bench's are fine
+    if unknown:
+        flag, name = unknown[0]
+        raise UserError(f"{flag}: {unknown_name('category', name, categories)} (the categories of the "
+                        f"questions in {config.question_file})")
     if config.categories:
         wanted = {c.lower() for c in config.categories}
         questions = [q for q in questions if q.category.lower() in wanted]
-        if not questions:
-            names = ", ".join(config.categories)
-            raise UserError(f"no question in {config.question_file} has category {names}")
     questions = questions[: config.first_n] if config.first_n is not None else questions
     fixed = [q.question_id for q in questions if q.required_temperature is not None]
     if fixed and config.temperature is not None:
@@ -366,6 +371,10 @@ def main(argv: list[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
+    from vicuna_jax.cli import check_name
+    from vicuna_jax.data.template import known_template_names
+    from vicuna_jax.load import COMPUTE_DTYPES
+
     flags.DEFINE_string("model", None, "Local model: HF dir, or vicuna_jax checkpoint / training workdir.")
     flags.DEFINE_string("adapter", None, "LoRA adapter for --model (PEFT dir or vicuna_jax LoRA workdir).")
     flags.DEFINE_string("openai_model", None, "Answer through an OpenAI-compatible server with this model "
@@ -379,7 +388,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("system", None, "System message. Unset: the chat template's default (local models) "
                         f"or FastChat's '{API_SYSTEM_MESSAGE}' (--openai_model); --system= sends none.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model, when the model directory has none.")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype of the local model: float32 or bfloat16.")
+    flags.DEFINE_enum("dtype", "float32", COMPUTE_DTYPES, "Compute dtype of the local model.")
+    check_name("template", known_template_names(), "chat template")
     flags.DEFINE_integer("max_new_tokens", 1024, "Most tokens per answer turn (less where the context ends).")
     flags.DEFINE_integer("batch_size", 16, "Questions per generate call; with --openai_model, concurrent "
                          "requests.")

@@ -23,12 +23,13 @@ import jax
 import numpy as np
 
 from vicuna_jax import checkpoint
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, check_name
 from vicuna_jax.convert import is_hf_dir, load_hf, save_hf, stored_chat_format
 from vicuna_jax.data import chat_format
+from vicuna_jax.data.template import known_template_names
 from vicuna_jax.data.tokenizer import find_tokenizer_in
 from vicuna_jax.lora.inference import adapter_chat_format, read_checked_adapter, recorded_base
-from vicuna_jax.lora.peft import merged_params, save_peft
+from vicuna_jax.lora.peft import DTYPES, merged_params, save_peft
 
 
 def load_base(path: str) -> tuple[Any, dict[str, Any], str | None, dict[str, Any] | None, str]:
@@ -89,8 +90,8 @@ def _define_flags() -> None:
                       "adapter alone, as a PEFT directory).")
     flags.DEFINE_string("base", None, "Base model (HF dir or vicuna_jax checkpoint); default: the recorded "
                         "one.")
-    flags.DEFINE_string("dtype", None, "Stored dtype: float32 (adapter default), bfloat16 (merged default), "
-                        "float16.")
+    flags.DEFINE_enum("dtype", None, list(DTYPES), "Stored dtype: float32 (adapter default), bfloat16 "
+                      "(merged default), float16.")
     flags.DEFINE_string("tokenizer", None, "tokenizer.model / tokenizer.json to include (default: the "
                         "adapter's or the base's).")
     flags.DEFINE_string("template", "auto", "Chat template written with the output. auto: the one the "
@@ -98,6 +99,7 @@ def _define_flags() -> None:
                         "named one must agree with a recorded one.")
     flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors shard of a merged export, in GiB.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+    check_name("template", known_template_names(), "chat template")
 
 
 if __name__ == "__main__":

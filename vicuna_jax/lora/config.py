@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from vicuna_jax.cli import unknown_name
 from vicuna_jax.model.config import ConfigError, LlamaConfig
 
 # PEFT/HF module name -> (group, projection) inside a decoder layer of our model, in HF's order.
@@ -74,6 +75,20 @@ def base_config() -> ml_collections.ConfigDict:
         "quant_block_size": d.quant_block_size, "init_adapter": d.init_adapter})
 
 
+# One line per `config.lora` key (the trainer's `--help` shows these; a test checks every key has one).
+KEY_HELP: dict[str, str] = {
+    "rank": "LoRA rank r; > 0 trains adapters on a frozen base instead of every weight (0 = off)",
+    "alpha": "adapter scale numerator: scale = alpha / r (alpha / sqrt(r) with use_rslora)",
+    "dropout": "dropout on the adapters' input while training",
+    "target_modules": "comma list of q, k, v, o, gate, up, down (or q_proj, ...), or all",
+    "use_rslora": "rank-stabilised scale alpha / sqrt(r)",
+    "base_quantization": f"storage of the frozen projection kernels: {', '.join(QUANTIZATIONS)} (QLoRA: nf4)",
+    "base_dtype": f"dtype of the frozen base's other weights: {', '.join(BASE_DTYPES)}",
+    "quant_block_size": "input rows per absmax scale when quantized",
+    "init_adapter": "a PEFT adapter directory to start from (its rank, alpha and targets are used)",
+}
+
+
 def _fail(key: str, message: str) -> None:
     raise ConfigError(f"config.lora.{key}: {message}")
 
@@ -97,8 +112,8 @@ def parse_targets(value: Any, where: str = "config.lora.target_modules") -> tupl
         item = item.rsplit(".", 1)[-1]
         name = item if item.endswith("_proj") else f"{item}_proj"
         if name not in TARGETS:
-            raise ConfigError(f"{where}: unknown module {item!r}; choose from q, k, v, o, gate, up, down "
-                              "(or q_proj, ...)")
+            short = [t.removesuffix("_proj") for t in TARGETS]
+            raise ConfigError(f"{where}: {unknown_name('module', item, short)} (or q_proj, ...)")
         names.append(name)
     if not names:
         raise ConfigError(f"{where}: no modules given")
@@ -127,9 +142,9 @@ def load(c: ml_collections.ConfigDict, model: LlamaConfig) -> LoRAConfig:
     if not 0 <= c.dropout < 1:
         _fail("dropout", f"must be in [0, 1), got {c.dropout}")
     if c.base_quantization not in QUANTIZATIONS:
-        _fail("base_quantization", f"must be one of {QUANTIZATIONS}, got {c.base_quantization!r}")
+        _fail("base_quantization", unknown_name("quantization", c.base_quantization, QUANTIZATIONS))
     if c.base_dtype not in BASE_DTYPES:
-        _fail("base_dtype", f"must be one of {BASE_DTYPES}, got {c.base_dtype!r}")
+        _fail("base_dtype", unknown_name("dtype", c.base_dtype, BASE_DTYPES))
     values = dict(rank=rank, alpha=float(c.alpha), dropout=float(c.dropout),
                   target_modules=parse_targets(c.target_modules), use_rslora=bool(c.use_rslora),
                   base_quantization=c.base_quantization, base_dtype=c.base_dtype,

@@ -22,7 +22,7 @@ import math
 import os
 from typing import Any
 
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 
 
 class ConfigError(UserError):
@@ -66,11 +66,11 @@ class LlamaConfig:
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.architecture not in HF_CLASSES:
-            raise ConfigError(f"architecture must be one of {sorted(HF_CLASSES)}, got {self.architecture!r}")
+            raise ConfigError(f"architecture: {unknown_name('architecture', self.architecture, HF_CLASSES)}")
         if self.rope_type == "default" and self.rope_scaling_factor != 1.0:
             object.__setattr__(self, "rope_type", "linear")  # configs written before rope_type existed
         if self.rope_type not in ROPE_TYPES:
-            raise ConfigError(f"rope_type must be one of {ROPE_TYPES}, got {self.rope_type!r}")
+            raise ConfigError(f"rope_type: {unknown_name('rope type', self.rope_type, ROPE_TYPES)}")
         object.__setattr__(self, "extra_eos_token_ids", tuple(
             i for i in dict.fromkeys(int(i) for i in self.extra_eos_token_ids) if i != self.eos_token_id))
         if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
@@ -285,6 +285,34 @@ class LlamaConfig:
         return cls(**d)
 
 
+# One line per LlamaConfig field: what it means (the trainer's `--help` shows these for
+# `config.model_overrides.<field>`; tests/train/test_train_cli.py checks that every field has one).
+FIELD_HELP: dict[str, str] = {
+    "architecture": f"HF model class: {', '.join(HF_CLASSES)} (implies q/k/v bias, q/k norm)",
+    "vocab_size": "rows of the embedding and the LM head (at least the tokenizer's pieces)",
+    "hidden_size": "width of the residual stream",
+    "intermediate_size": "width of the SwiGLU MLP",
+    "num_layers": "decoder layers",
+    "num_heads": "query heads",
+    "num_kv_heads": "key/value heads (fewer than num_heads = grouped-query attention; unset = num_heads)",
+    "head_dim": "width of one head (unset = hidden_size // num_heads)",
+    "max_position_embeddings": "longest context the model is built for (seq_len must not exceed it)",
+    "rope_theta": "RoPE base frequency",
+    "rope_type": f"RoPE scaling: {', '.join(ROPE_TYPES)}",
+    "rope_scaling_factor": "linear: positions divided by this; llama3: its `factor`",
+    "rope_low_freq_factor": "llama3 RoPE scaling only: low-frequency factor",
+    "rope_high_freq_factor": "llama3 RoPE scaling only: high-frequency factor",
+    "rope_original_max_position_embeddings": "llama3 RoPE scaling only: the context before scaling",
+    "sliding_window": "each token attends to itself and this many - 1 before it (unset = full attention)",
+    "rms_norm_eps": "epsilon of every RMSNorm",
+    "tie_word_embeddings": "the LM head reuses the embedding matrix",
+    "bos_token_id": "beginning-of-sequence id (unset = none)",
+    "eos_token_id": "end-of-sequence id",
+    "extra_eos_token_ids": "more ids that end generation (e.g. Llama-3's <|eot_id|>)",
+    "pad_token_id": "padding id written to config.json (unset = none)",
+}
+
+
 _LLAMA3_ROPE_KEYS = {"low_freq_factor": "rope_low_freq_factor", "high_freq_factor": "rope_high_freq_factor",
                      "original_max_position_embeddings": "rope_original_max_position_embeddings"}
 
@@ -458,4 +486,4 @@ def get_preset(name: str) -> LlamaConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+        raise ConfigError(unknown_name("model preset", name, sorted(PRESETS))) from None

@@ -96,6 +96,9 @@ def _exit_quietly(signum: int, frame: object) -> None:
 def _define_flags() -> None:
     from absl import flags
 
+    from vicuna_jax.cli import check_name
+    from vicuna_jax.data.template import known_template_names
+    from vicuna_jax.load import COMPUTE_DTYPES
     from vicuna_jax.serve.api import ServeConfig
     from vicuna_jax.serve.limits import ConnectionLimits
 
@@ -138,7 +141,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("template", "auto", "Chat template for /v1/chat/completions (auto: the model's own "
                         "when its tokenizer has one, else vicuna_v1.1).")
     flags.DEFINE_string("model_name", None, "Model id clients must send (default: the model directory name).")
-    flags.DEFINE_string("dtype", "float32", "Compute dtype: float32 or bfloat16.")
+    flags.DEFINE_enum("dtype", "float32", COMPUTE_DTYPES, "Compute dtype.")
+    check_name("template", known_template_names(), "chat template")
     flags.DEFINE_enum("log_level", "warning", ["critical", "error", "warning", "info", "debug"],
                       "uvicorn's log level.")
     flags.DEFINE_bool("access_log", False, "Log every HTTP request.")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from vicuna_jax.cli import UserError, run
 
 
@@ -14,6 +12,7 @@ def main(argv: list[str]) -> None:
     from vicuna_jax import parallel
     from vicuna_jax.train import config as config_lib
     from vicuna_jax.train.loop import train
+    from vicuna_jax.train.summary import finish
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
@@ -21,8 +20,8 @@ def main(argv: list[str]) -> None:
     parallel.maybe_initialize_distributed(f.config.distributed)
     cfg = config_lib.load(f.config, jax.device_count())  # validated once, here at the edge
     summary = train(cfg, f.workdir)
-    if jax.process_index() == 0:
-        print(json.dumps(summary, default=str))
+    if jax.process_index() == 0:  # run_summary.json, loss.png, and what to do next
+        print(finish(f.workdir, summary), flush=True)
 
 
 def _define_flags() -> None:
@@ -35,4 +34,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    run(main, _define_flags)
+    from vicuna_jax.train.config import HELP
+
+    run(main, _define_flags, config_help=HELP)

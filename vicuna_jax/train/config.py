@@ -1,9 +1,11 @@
 """Training configuration: the base ConfigDict that `configs/*.py` start from, its validation, and the typed,
 frozen `TrainConfig` the rest of the trainer reads.
 
-Every key is documented in `base_config`. Config files and `--config.key=value` overrides stay ConfigDicts;
-at the edge, `load` validates one once (before anything is compiled, raising `ConfigError` naming the key:
-`config.mesh.fsdp`, `config.optimizer.learning_rate`, ...) and turns it into a `TrainConfig`.
+Every key's meaning is one line of `KEY_HELP` (`python -m vicuna_jax.train --help` lists each key with its
+type, default and meaning; a test checks that every key has one). Config files and `--config.key=value`
+overrides stay ConfigDicts; at the edge, `load` validates one once (before anything is compiled, raising
+`ConfigError` naming the key: `config.mesh.fsdp`, `config.optimizer.learning_rate`, ...) and turns it into a
+`TrainConfig`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import ml_collections
 from ml_collections import config_dict
 
 from vicuna_jax.checkpoint import load_model_config
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import ConfigHelp, UserError, unknown_name
+from vicuna_jax.data.template import known_template_names
 from vicuna_jax.lora import config as lora_config
 from vicuna_jax.lora.config import LoRAConfig
+from vicuna_jax.model import config as model_config_lib
 from vicuna_jax.model.attention import BACKENDS
 from vicuna_jax.model.config import PRESETS, ConfigError, LlamaConfig, get_preset
 from vicuna_jax.model.llama import REMAT_POLICIES
-from vicuna_jax.parallel import mesh_shape
+from vicuna_jax.parallel import DISTRIBUTED_MODES, mesh_shape
 from vicuna_jax.train.optimizer import OptimizerConfig
 
 BUNDLED_DATA = "bundled"
@@ -100,6 +104,58 @@ def base_config() -> ml_collections.ConfigDict:
     # LoRA / QLoRA (vicuna_jax.lora.config.LoRAConfig): lora.rank > 0 trains adapters on a frozen base.
     c.lora = lora_config.base_config()
     return c
+
+
+# One line per key of `base_config`: what it means (shown by `--help` beside the key's type and value).
+KEY_HELP: dict[str, str] = {
+    "model": "model preset (vicuna_jax.model.config.PRESETS, e.g. tiny, llama2_7b, llama3_1_8b, qwen3_8b)",
+    **{f"model_overrides.{k}": v for k, v in model_config_lib.FIELD_HELP.items()},  # unset: the preset's
+    "init_from_hf": "HF Llama/Mistral/Qwen2/Qwen3 directory to fine-tune (its config.json is the "
+                    "architecture); empty = random init",
+    "tokenizer": "tokenizer.model, tokenizer.json or a directory with one; empty = init_from_hf's, else the "
+                 "bundled one",
+    "data.path": "raw ShareGPT .json/.jsonl (prepared into workdir/data), a prepared directory, or bundled",
+    "data.template": f"chat template: {', '.join(known_template_names())} (auto: what the data or workdir "
+                     "records, else the tokenizer's own, else vicuna_v1.1)",
+    "data.validation_fraction": "held-out share when preparing raw data",
+    "data.packing": "pack conversations into full rows (False = FastChat's one padded conversation per row)",
+    "data.window": "conversations packed together per shuffled window",
+    "seq_len": "tokens per training row",
+    "batch_size": "global rows per optimizer step (all hosts, all micro-batches)",
+    "grad_accum_steps": "micro-batches per step (the loss is normalised over the whole global batch)",
+    "total_steps": "steps to train; -1 = num_epochs over the training split",
+    "num_epochs": "epochs to train when total_steps is -1",
+    "optimizer.learning_rate": "peak learning rate (AdamW, linear warmup, cosine decay)",
+    "optimizer.warmup_ratio": "share of the steps spent warming the learning rate up from 0",
+    "optimizer.final_lr_ratio": "learning rate at the last step, as a share of the peak",
+    "optimizer.weight_decay": "AdamW decoupled weight decay",
+    "optimizer.b1": "AdamW beta1",
+    "optimizer.b2": "AdamW beta2",
+    "optimizer.eps": "AdamW epsilon",
+    "optimizer.grad_clip": "clip the global gradient norm to this (0 = no clipping)",
+    "dtype": f"compute dtype: {', '.join(DTYPES)}",
+    "param_dtype": f"dtype of the parameters and optimizer state: {', '.join(DTYPES)}",
+    "remat_policy": "what the backward pass keeps instead of recomputing: none, full, dots_saveable, ... "
+                    "(vicuna_jax.model.llama.REMAT_POLICIES)",
+    "scan_layers": "run the decoder layers under lax.scan (faster compiles; False = a Python loop)",
+    "attention": f"attention backend: {', '.join(BACKENDS)}",
+    "loss_chunk_size": "positions per LM-head + softmax chunk (0 = the whole row at once)",
+    "mesh.data": "data-parallel mesh axis size",
+    "mesh.fsdp": "FSDP mesh axis size (-1 = all remaining devices)",
+    "mesh.tensor": "tensor-parallel mesh axis size",
+    "seed": "seed of the parameter init, the train/validation split and the data order",
+    "checkpoint_every": "steps between checkpoints (also saved at the end and on SIGTERM/SIGINT)",
+    "keep_checkpoints": "checkpoints kept in workdir/checkpoints",
+    "log_every": "steps between rows of workdir/metrics.jsonl",
+    "eval_every": "steps between validation losses (0 = never; also at the end)",
+    "eval_batches": "validation batches per evaluation (0 = the whole validation split)",
+    "export_hf_at_end": "write workdir/hf (transformers-loadable) when training finishes",
+    "export_dtype": f"dtype of the HF export: {', '.join(DTYPES)}",
+    "distributed": f"jax.distributed.initialize() for multi-host runs: {', '.join(DISTRIBUTED_MODES)}",
+    "peak_flops_per_device": "peak FLOP/s of one device, for MFU on a device not in the built-in table",
+    **{f"lora.{k}": v for k, v in lora_config.KEY_HELP.items()},
+}
+HELP = ConfigHelp(defaults=lambda: base_config(), meanings=KEY_HELP)
 
 
 def vicuna_recipe(model: str, seq_len: int, batch_size: int) -> ml_collections.ConfigDict:
@@ -182,9 +238,13 @@ def model_config(c: ml_collections.ConfigDict) -> LlamaConfig:
         cfg = LlamaConfig.from_hf_config(c.init_from_hf)
     else:
         if c.model not in PRESETS:
-            _fail("model", f"unknown preset {c.model!r}; known: {sorted(PRESETS)}")
+            _fail("model", unknown_name("preset", c.model, sorted(PRESETS)))
         cfg = get_preset(c.model)
     overrides = {k: v for k, v in c.model_overrides.to_dict().items() if v is not None}
+    for key, names in (("architecture", list(model_config_lib.HF_CLASSES)),
+                       ("rope_type", model_config_lib.ROPE_TYPES)):
+        if key in overrides and overrides[key] not in names:
+            _fail(f"model_overrides.{key}", unknown_name("value", overrides[key], names))
     if overrides:
         known = set(cfg.to_dict())
         for key in overrides:
@@ -213,15 +273,17 @@ def validate(c: ml_collections.ConfigDict, num_devices: int) -> LlamaConfig:
         _fail("eval_every", f"must be >= 0, got {c.eval_every}")
     for key in ("dtype", "param_dtype", "export_dtype"):
         if _get(c, key) not in DTYPES:
-            _fail(key, f"must be one of {DTYPES}, got {_get(c, key)!r}")
+            _fail(key, unknown_name("dtype", _get(c, key), DTYPES))
     if c.remat_policy not in REMAT_POLICIES:
-        _fail("remat_policy", f"unknown policy {c.remat_policy!r}; choose one of {list(REMAT_POLICIES)}")
+        _fail("remat_policy", unknown_name("policy", c.remat_policy, REMAT_POLICIES))
     if c.attention not in BACKENDS:
-        _fail("attention", f"must be one of {BACKENDS}, got {c.attention!r}")
+        _fail("attention", unknown_name("backend", c.attention, BACKENDS))
+    if c.data.template not in known_template_names():
+        _fail("data.template", unknown_name("chat template", c.data.template, known_template_names()))
     if c.loss_chunk_size < 0:
         _fail("loss_chunk_size", f"must be >= 0, got {c.loss_chunk_size}")
-    if c.distributed not in ("auto", "on", "off"):
-        _fail("distributed", f"must be auto, on or off, got {c.distributed!r}")
+    if c.distributed not in DISTRIBUTED_MODES:
+        _fail("distributed", unknown_name("value", c.distributed, DISTRIBUTED_MODES))
 
     opt = c.optimizer
     if not opt.learning_rate > 0:

@@ -74,7 +74,7 @@ class StepReport:
 
 @dataclasses.dataclass
 class RunSummary:
-    """What `train` returns (and the CLI prints as JSON)."""
+    """What `train` returns (the CLI writes it to workdir/run_summary.json and prints a summary of it)."""
 
     start_step: int
     total_steps: int
@@ -86,6 +86,9 @@ class RunSummary:
     already_complete: bool | None = None
     hf_dir: str | None = None
     adapter_dir: str | None = None  # LoRA runs: the PEFT adapter directory
+    tokens: int | None = None  # non-padding tokens in the batches this run trained on
+    target_tokens: int | None = None  # of those, the ones the loss was taken on
+    seconds: float | None = None  # wall time of this run's loop (compilation, evaluation, export included)
     param_shardings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -235,6 +238,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
     data_state = train_iter.get_state()  # the loader position after the last batch trained on
     last_saved = start_step if latest is not None else -1
     step = start_step
+    started = time.perf_counter()
     has_targets = False  # until a step of this run trains on a target token (then no more checks)
     try:
         with jax.set_mesh(mesh), _StopSignal() as stop:
@@ -283,6 +287,7 @@ def _train(cfg: TrainConfig, workdir: str) -> dict[str, Any]:
                         state, base, cfg, workdir, fmt, merged=cfg.export_hf_at_end)
                 elif cfg.export_hf_at_end:
                     summary.hf_dir = export_hf(state.params, cfg, workdir, fmt)
+            summary.seconds = time.perf_counter() - started
     finally:
         checkpoints.wait()  # a save in flight always completes, even when the run fails
         reporter.close()
@@ -327,6 +332,8 @@ class _Reporter:
             packing_efficiency=float(m.nonpad_tokens) / self.slots,
             mfu=tokens_per_sec * self.flops / (self.peak * jax.device_count()) if self.peak else None)
         self.summary.loss = report.loss
+        self.summary.tokens = (self.summary.tokens or 0) + int(m.nonpad_tokens)
+        self.summary.target_tokens = (self.summary.target_tokens or 0) + int(m.target_tokens)
         if self.summary.first_loss is None:
             self.summary.first_loss = report.loss
         self.progress.update(1)

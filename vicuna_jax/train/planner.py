@@ -36,7 +36,7 @@ import sys
 import time
 from typing import Any
 
-from vicuna_jax.cli import UserError
+from vicuna_jax.cli import UserError, unknown_name
 from vicuna_jax.fileio import atomic_write_json
 
 GIB = 2**30
@@ -420,8 +420,13 @@ def main(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
+    from vicuna_jax.model.llama import REMAT_POLICIES
+
     f = flags.FLAGS
     policies = [p for p in f.policies.split(",") if p]
+    for p in policies:
+        if p not in REMAT_POLICIES:
+            raise UserError(f"--policies: {unknown_name('policy', p, REMAT_POLICIES)}")
     report = plan(f.config, f.devices, f.hbm_gb, f.usable_fraction, policies, f.simulate or None,
                   f.topology or None, f.slices, f.roofline)
     print(format_report(report))
@@ -460,4 +465,6 @@ if __name__ == "__main__":
     from vicuna_jax.cli import run
 
     _early_env(sys.argv)
-    run(main, _define_flags)
+    from vicuna_jax.train.config import HELP  # imports JAX: after _early_env
+
+    run(main, _define_flags, config_help=HELP)
