@@ -24,7 +24,8 @@ def _run(args: list[str], timeout: int = 300, cwd: str = REPO, **kwargs) -> subp
 
 
 def _key_line(text: str, key: str) -> str:
-    lines = [line for line in text.splitlines() if line.split()[:1] == [key]]
+    table = text[text.index("config keys:"):]  # --helpfull lists other modules' absl flags above it
+    lines = [line for line in table.splitlines() if line.split()[:1] == [key]]
     assert len(lines) == 1, (key, text[-3000:])
     return lines[0]
 

@@ -112,6 +112,8 @@ KEY_HELP: dict[str, str] = {
     **{f"model_overrides.{k}": v for k, v in model_config_lib.FIELD_HELP.items()},  # unset: the preset's
     "init_from_hf": "HF Llama/Mistral/Qwen2/Qwen3 directory to fine-tune (its config.json is the "
                     "architecture); empty = random init",
+    "init_from": "a vicuna_jax checkpoint step directory or workdir (its latest step) whose weights start a "
+                 "new run at step 0 with a fresh optimizer; not with init_from_hf or LoRA",
     "tokenizer": "tokenizer.model, tokenizer.json or a directory with one; empty = init_from_hf's, else the "
                  "bundled one",
     "data.path": "raw ShareGPT .json/.jsonl (prepared into workdir/data), a prepared directory, or bundled",
