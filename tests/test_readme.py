@@ -28,3 +28,12 @@ def test_every_config_key_named_exists():
     allowed = {"key", "leraning_rate"}  # the usage placeholder and the documented typo example
     unknown = sorted(u for u in used - allowed if u not in keys and u not in prefixes)
     assert not unknown, f"README uses config keys that do not exist: {unknown}"
+
+
+def test_the_readme_names_every_model_preset_and_override_field():
+    from vicuna_jax.model.config import FIELD_HELP, PRESETS
+
+    missing = [n for n in list(PRESETS) + list(FIELD_HELP) if f"`{n}`" not in README]
+    tiny_named = re.search(r"(\d+) presets", README)
+    assert not [m for m in missing if m.startswith("tiny") or m in FIELD_HELP], missing
+    assert tiny_named and int(tiny_named.group(1)) == len(PRESETS), "the README's preset count is stale"
