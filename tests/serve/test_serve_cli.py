@@ -113,7 +113,7 @@ def test_cli_runaway_template_never_leaves_clients_hanging(tiny_checkpoint, tmp_
     proc = subprocess.Popen([sys.executable, "-m", "vicuna_jax.serve", f"--model={model}", f"--port={port}"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
     try:
-        deadline, refused = time.monotonic() + 30, 0
+        deadline, refused = time.monotonic() + 90, 0
         while proc.poll() is None and time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
@@ -128,10 +128,8 @@ def test_cli_runaway_template_never_leaves_clients_hanging(tiny_checkpoint, tmp_
                 refused += 1
             time.sleep(0.2)
         assert refused > 0
-        if proc.poll() is None:
-            # The budget that ends the render is the chat template module's (vicuna_jax.data.chat_template);
-            # without one the check runs on, and only the server's half can be checked here.
-            pytest.xfail("the chat template render has no time budget yet: start-up is still rendering")
+        # The render budget (vicuna_jax.data.template_sandbox) ends the check ~1 s of CPU after the load.
+        assert proc.poll() is not None, "start-up was still rendering the template after 90 s"
         stderr = proc.stderr.read()
         lines = stderr.strip().splitlines()
         assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr
