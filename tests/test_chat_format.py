@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from hf_tokenizers import LLAMA2_CHAT_TEMPLATE
 from tiny_run import cpu_env, tiny_config
 
 from vicuna_jax.cli import UserError
@@ -20,19 +21,6 @@ from vicuna_jax.data.prepare import bundled_sample_path, prepare_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LLAMA2 = os.environ.get("VICUNA_JAX_LLAMA_TOKENIZER")
-# Meta's Llama-2-chat template (its tokenizer_config.json on the hub), as a sentencepiece model carries it.
-LLAMA2_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
-    "{% endfor %}")
 CONVERSATION = [{"role": "system", "content": "You are terse."},
                 {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "It is 4."},
                 {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "Six."}]

@@ -18,6 +18,7 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from hf_tokenizers import (  # noqa: E402
+    LLAMA2_CHAT_TEMPLATE,
     LLAMA3_TEMPLATE,
     MISTRAL_V03_TEMPLATE,
     QWEN3_TEMPLATE,
@@ -30,19 +31,6 @@ from vicuna_jax.data import chat_format  # noqa: E402
 from vicuna_jax.data.chat_encode import AlignmentError  # noqa: E402
 from vicuna_jax.data.chat_template import CHATML, render  # noqa: E402
 
-# Meta's Llama-2-chat template (its tokenizer_config.json on the hub).
-LLAMA2_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
-    "{% endfor %}")
 REAL = {"llama-2": LLAMA2_CHAT_TEMPLATE, "llama-3": LLAMA3_TEMPLATE, "chatml": CHATML,
         "qwen2.5": QWEN25_TEMPLATE, "qwen3": QWEN3_TEMPLATE, "mistral-v0.3": MISTRAL_V03_TEMPLATE}
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>"}
