@@ -101,10 +101,11 @@ class JinjaChat:
 
     # -- rendering -------------------------------------------------------------------------------------------
     def render(self, messages: Sequence[Mapping], add_generation_prompt: bool = False,
-               track: bool = False) -> tuple[str, list[tuple[int, int]]]:
+               track: bool = False, tools: Sequence[Mapping] | None = None
+               ) -> tuple[str, list[tuple[int, int]]]:
         try:
             return render(self.source, messages, self.variables, add_generation_prompt=add_generation_prompt,
-                          track=track, origin=self.label)
+                          track=track, origin=self.label, tools=tools)
         except TemplateLimitError as e:  # over its time or size budget
             raise AlignmentError("template_limit", str(e)) from None
         except TemplateRenderError as e:
@@ -141,9 +142,9 @@ class JinjaChat:
             "reply, so the model learns to stop")
 
     # -- encoding --------------------------------------------------------------------------------------------
-    def prompt_ids(self, messages: Sequence[Mapping]) -> list[int]:
-        """`apply_chat_template(messages, add_generation_prompt=True, tokenize=True)`."""
-        text, _ = self.render(messages, add_generation_prompt=True)
+    def prompt_ids(self, messages: Sequence[Mapping], tools: Sequence[Mapping] | None = None) -> list[int]:
+        """`apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)`."""
+        text, _ = self.render(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer.encode_with_specials([text])[0][0].tolist()
 
     def encode(self, messages: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:

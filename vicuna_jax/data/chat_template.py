@@ -206,11 +206,12 @@ def compile_template(source: str, origin: str | None = None):
 
 
 def render(source: str, messages: Sequence[Mapping[str, Any]], variables: Mapping[str, Any], *,
-           add_generation_prompt: bool = False, track: bool = False,
-           origin: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+           add_generation_prompt: bool = False, track: bool = False, origin: str | None = None,
+           tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """(text, generation spans) of `messages`, as `apply_chat_template(tokenize=False)` renders them.
 
-    `variables` are the tokenizer's special tokens (and any template kwargs). Spans are character ranges of
+    `variables` are the tokenizer's special tokens (and any template kwargs); `tools` the JSON schemas passed
+    as `apply_chat_template(messages, tools=...)` does (None: no tools). Spans are character ranges of
     the `{% generation %}` blocks (only when `track`). Raises jinja2.TemplateError from the template itself
     (`raise_exception`), TemplateLimitError over the budget (`template_sandbox`), TemplateRenderError for
     any other failure, ChatTemplateError when it does not compile; each names `origin` when given.
@@ -221,7 +222,7 @@ def render(source: str, messages: Sequence[Mapping[str, Any]], variables: Mappin
 
     template = compile_template(source, origin)
     plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    context = {**variables, "messages": plain, "tools": None, "documents": None,
+    context = {**variables, "messages": plain, "tools": list(tools) if tools else None, "documents": None,
                "add_generation_prompt": add_generation_prompt}
     where = f"chat template {origin}" if origin else "chat template"
     tracking = _Tracking()
